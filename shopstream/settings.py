@@ -1,0 +1,126 @@
+"""The one settings object, read from ``SHOPSTREAM_*`` environment variables.
+
+This is the only module that reads the environment (house rule 3). Every
+default port and path lives here and nowhere else.
+
+Examples
+--------
+>>> s = Settings.from_env({"SHOPSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:19092"})
+>>> s.kafka_bootstrap
+'127.0.0.1:19092'
+>>> s.kafka_url
+'kafka://127.0.0.1:19092'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+PREFIX = "SHOPSTREAM_"
+
+
+class SettingsError(ValueError):
+    """A ``SHOPSTREAM_*`` variable could not be parsed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Frozen configuration of one shopstream process.
+
+    Each field ``name`` is read from ``SHOPSTREAM_<NAME>``.
+    """
+
+    #: Kafka bootstrap servers, ``host:port[,host:port]``.
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    #: Redis URL for the feature store.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Faust application id; also the consumer-group id.
+    app_id: str = "shopstream"
+    #: Prefix of every topic name (tests use a unique one per run).
+    topic_prefix: str = ""
+    #: Partitions of the input topics and of the tables co-partitioned with them.
+    partitions: int = 4
+    #: Replication factor of created topics (1 for a single broker).
+    replication: int = 1
+    #: Prefix of every Redis key this process writes.
+    redis_prefix: str = "ss:"
+    #: TTL of user and item feature hashes, seconds.
+    feature_ttl_s: int = 7 * 24 * 3600
+    #: Largest event accepted, bytes; larger ones go to the dead-letter topic.
+    max_event_bytes: int = 64 * 1024
+    #: Length of a recommendation list.
+    recs_k: int = 10
+    #: Items kept per user in the recent-items table.
+    recent_items: int = 20
+    #: Faust web server port of this worker.
+    web_port: int = 6066
+    #: Faust web server bind address.
+    web_host: str = "127.0.0.1"
+    #: Directory for Faust's data (table stores).
+    data_dir: Path = Path(".var/worker")
+    #: Root of the Parquet event lake.
+    lake_dir: Path = Path(".var/lake")
+    #: Roll a lake file after this many rows...
+    lake_max_rows: int = 50_000
+    #: ... or after this many seconds.
+    lake_max_age_s: float = 60.0
+    #: Events per processing batch, and the longest wait to fill one.
+    batch_max: int = 500
+    batch_within_s: float = 0.005
+    #: Kafka consumer-group session timeout and heartbeat, seconds.
+    session_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 1.0
+    #: Producer linger, seconds.
+    producer_linger_s: float = 0.0
+    #: Offsets commit interval, seconds.
+    commit_interval_s: float = 1.0
+    #: Worker log level.
+    log_level: str = "WARNING"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``) plus overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            key = PREFIX + f.name.upper()
+            if key in env:
+                values[f.name] = _parse(key, env[key], f.default)
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def kafka_url(self) -> str:
+        """The broker list as a Faust URL."""
+        return ",".join(f"kafka://{b.strip()}" for b in self.kafka_bootstrap.split(","))
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as ``SHOPSTREAM_*`` variables, for child processes."""
+        return {PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _parse(key: str, raw: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+        return raw
+    except ValueError as exc:
+        raise SettingsError(f"{key}={raw!r}: {exc}") from None
