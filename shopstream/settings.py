@@ -36,6 +36,10 @@ class Settings:
 
     #: Kafka bootstrap servers, ``host:port[,host:port]``.
     kafka_bootstrap: str = "127.0.0.1:9092"
+    #: KRaft controller port of the local broker started by ``shopstream services``.
+    kafka_controller_port: int = 9093
+    #: Where ``shopstream services`` keeps the local broker's and Redis's files.
+    services_dir: Path = Path(".var/services")
     #: Redis URL for the feature store.
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: Faust application id; also the consumer-group id.

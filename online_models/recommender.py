@@ -1,0 +1,230 @@
+"""Online recommender: item co-visitation plus River matrix factorisation.
+
+Every interaction updates three things:
+
+* **co-visitation** counts between the item and the user's recent items
+  (bounded per item, so memory stays flat on long streams);
+* a decayed **popularity** count per item, the fallback for cold users;
+* a River :class:`river.reco.BiasedMF` on implicit feedback (the event's weight
+  as a positive and one sampled popular item as a negative).
+
+Recommendations take co-visitation neighbours of the user's recent items as
+candidates, re-rank the best of them with the MF score, fill up with popular
+items, drop what the user has just seen, and give each item a reason code.
+
+Examples
+--------
+>>> rec = CoVisitationRecommender(seed=1)
+>>> for user, items in {"u1": ["a", "b"], "u2": ["a", "b", "c"], "u3": ["b", "c"]}.items():
+...     recent: list[str] = []
+...     for item in items:
+...         rec.learn_one(user, item, recent)
+...         recent.append(item)
+>>> [(r.item_id, r.reason) for r in rec.recommend("u4", ["a"], k=2)]
+[('b', 'together_with:a'), ('c', 'together_with:a')]
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from river import base, optim, reco
+
+#: Implicit-feedback weight of each event type.
+EVENT_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "click": 2.0,
+    "add_to_cart": 4.0,
+    "order": 6.0,
+    "remove_from_cart": -1.0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """A recommended item, its score and the reason code."""
+
+    item_id: str
+    score: float
+    reason: str
+
+
+class CoVisitationRecommender(base.Base):
+    """Co-visitation candidates re-ranked by online matrix factorisation.
+
+    Parameters
+    ----------
+    n_factors
+        Latent factors of the River BiasedMF.
+    window
+        How many of the user's recent items an interaction is paired with.
+    max_neighbours
+        Co-visitation neighbours kept per item (the weakest are pruned).
+    n_candidates
+        Co-visitation candidates re-ranked by the MF model.
+    mf_weight
+        Weight of the MF score against the normalised co-visitation score.
+    popular_size
+        Length of the popularity list used for cold users and fill-up.
+    decay
+        Multiplicative decay of popularity counts per 1,000 events.
+    seed
+        Seed for negative sampling and MF initialisation.
+    """
+
+    def __init__(
+        self,
+        n_factors: int = 16,
+        window: int = 5,
+        max_neighbours: int = 100,
+        n_candidates: int = 30,
+        mf_weight: float = 0.3,
+        popular_size: int = 50,
+        decay: float = 0.98,
+        seed: int | None = None,
+    ) -> None:
+        self.n_factors = n_factors
+        self.window = window
+        self.max_neighbours = max_neighbours
+        self.n_candidates = n_candidates
+        self.mf_weight = mf_weight
+        self.popular_size = popular_size
+        self.decay = decay
+        self.seed = seed
+        self._rng = random.Random(seed)
+        self.mf = reco.BiasedMF(
+            n_factors=n_factors,
+            bias_optimizer=optim.SGD(0.02),
+            latent_optimizer=optim.SGD(0.02),
+            l2_latent=0.001,
+            latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.05, seed=seed),
+            seed=seed,
+        )
+        self.covis: dict[str, dict[str, float]] = {}
+        self.popularity: dict[str, float] = {}
+        self._top: dict[str, list] = {}
+        self.n_events = 0
+        self._popular: list[str] = []
+        self._popular_at = -1
+
+    # -- learning ---------------------------------------------------------------
+    def learn_one(self, user: str, item: str, recent: Sequence[str], weight: float = 1.0) -> None:
+        """Learn from ``user`` interacting with ``item``; ``recent`` are the user's items before it."""
+        self.n_events += 1
+        if self.n_events % 1000 == 0:
+            d = self.decay
+            self.popularity = {i: c * d for i, c in self.popularity.items() if c * d > 0.01}
+        self.popularity[item] = self.popularity.get(item, 0.0) + max(weight, 0.0)
+        if weight > 0:
+            w = min(weight, 4.0)
+            seen = set()
+            for other in reversed(recent[-self.window :]):
+                if other == item or other in seen:
+                    continue
+                seen.add(other)
+                self._bump(item, other, w)
+                self._bump(other, item, w)
+        self.mf.learn_one(user, item, 1.0 if weight > 0 else 0.0)
+        popular = self.popular()
+        if popular:
+            negative = popular[self._rng.randrange(len(popular))]
+            if negative != item:
+                self.mf.learn_one(user, negative, 0.0)
+
+    def _neighbours(self, item: str) -> list[tuple[str, float]]:
+        """The item's strongest co-visited items with their share of its co-visits.
+
+        Cached, and recomputed after 10 new co-visits of the item.
+        """
+        cached = self._top.get(item)
+        if cached is not None and cached[0] < 10:
+            return cached[1]
+        nb = self.covis.get(item)
+        if not nb:
+            return []
+        total = sum(nb.values()) or 1.0
+        top = [(o, c / total) for o, c in heapq.nlargest(self.n_candidates, nb.items(), key=lambda kv: kv[1])]
+        self._top[item] = [0, top]
+        return top
+
+    def _bump(self, a: str, b: str, w: float) -> None:
+        cached = self._top.get(a)
+        if cached is not None:
+            cached[0] += 1
+        nb = self.covis.get(a)
+        if nb is None:
+            nb = self.covis[a] = {}
+        nb[b] = nb.get(b, 0.0) + w
+        if len(nb) > 2 * self.max_neighbours:
+            keep = heapq.nlargest(self.max_neighbours, nb.items(), key=lambda kv: kv[1])
+            self.covis[a] = dict(keep)
+
+    def _mf_scores(self, user: str, items: list[str]) -> list[float]:
+        """BiasedMF scores of ``items`` for ``user`` in one vectorised step (0 for unknown users)."""
+        mf = self.mf
+        u = mf.u_latents.get(user)
+        if u is None or not items:
+            return [0.0] * len(items)
+        lat = mf.i_latents
+        known = [i if i in lat else None for i in items]
+        rows = np.stack([lat[i] if i is not None else np.zeros_like(u) for i in known])
+        dots = rows @ u
+        ib = mf.i_biases
+        base_ = mf.global_mean.get() + mf.u_biases.get(user, 0.0)
+        return [float(base_ + ib.get(i, 0.0) + d) for i, d in zip(items, dots.tolist(), strict=True)]
+
+    # -- serving ------------------------------------------------------------------
+    def popular(self) -> list[str]:
+        """The currently most popular items (refreshed every 500 events)."""
+        if self._popular_at < 0 or self.n_events - self._popular_at >= 500:
+            self._popular = [
+                i for i, _ in heapq.nlargest(self.popular_size, self.popularity.items(), key=lambda kv: kv[1])
+            ]
+            self._popular_at = self.n_events
+        return self._popular
+
+    def recommend(
+        self, user: str, recent: Sequence[str], k: int = 10, exclude: set[str] | None = None
+    ) -> list[Scored]:
+        """Top-``k`` items for ``user`` given the ``recent`` items (oldest first)."""
+        skip = set(recent[-self.window * 2 :])
+        if exclude:
+            skip |= exclude
+        scores: dict[str, float] = {}
+        because: dict[str, str] = {}
+        for age, item in enumerate(reversed(recent[-self.window :])):
+            top_nb = self._neighbours(item)
+            if not top_nb:
+                continue
+            recency = 1.0 / (1 + age)
+            for other, share in top_nb:
+                if other in skip:
+                    continue
+                s = recency * share
+                prev = scores.get(other)
+                if prev is None:
+                    scores[other] = s
+                    because[other] = item
+                else:
+                    scores[other] = prev + s
+        ranked: list[Scored] = []
+        if scores:
+            top = heapq.nlargest(self.n_candidates, scores.items(), key=lambda kv: kv[1])
+            mf_scores = self._mf_scores(user, [item for item, _ in top])
+            for (item, s), m in zip(top, mf_scores, strict=True):
+                ranked.append(Scored(item, s + self.mf_weight * m, f"together_with:{because[item]}"))
+            ranked.sort(key=lambda r: r.score, reverse=True)
+            ranked = ranked[:k]
+        if len(ranked) < k:
+            have = {r.item_id for r in ranked}
+            for item in self.popular():
+                if len(ranked) >= k:
+                    break
+                if item in skip or item in have:
+                    continue
+                ranked.append(Scored(item, 0.0, "popular"))
+        return ranked

@@ -1,0 +1,73 @@
+"""Prometheus metrics of one worker, named by Prometheus conventions.
+
+Each app gets its own :class:`prometheus_client.CollectorRegistry`, so several
+apps in one process (tests) do not collide.
+
+Examples
+--------
+>>> m = Metrics()
+>>> m.dlq.labels(topic="shop.clicks.v1", reason="malformed_json").inc()
+>>> b"shopstream_dlq_events_total" in m.render()
+True
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """The worker's metric families."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_in = Counter(
+            "shopstream_events_in", "Input messages received, by topic.", ["topic"], registry=r
+        )
+        self.events_out = Counter(
+            "shopstream_events_out", "Output messages sent, by topic.", ["topic"], registry=r
+        )
+        self.dlq = Counter(
+            "shopstream_dlq_events",
+            "Messages sent to a dead-letter topic, by source topic and reason.",
+            ["topic", "reason"],
+            registry=r,
+        )
+        self.processing = Histogram(
+            "shopstream_processing_seconds",
+            "Time to process one input message, by agent.",
+            ["agent"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.event_age = Histogram(
+            "shopstream_event_age_seconds",
+            "Age of an event (now - event ts) when its output is sent, by agent.",
+            ["agent"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.redis_seconds = Histogram(
+            "shopstream_redis_seconds",
+            "Redis round-trip time, by operation.",
+            ["op"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "shopstream_redis_errors", "Failed Redis operations, by operation.", ["op"], registry=r
+        )
+        self.redis_up = Gauge("shopstream_redis_up", "1 when the feature store answers.", registry=r)
+        self.lake_rows = Counter(
+            "shopstream_lake_rows", "Rows written to the Parquet event lake, by topic.", ["topic"], registry=r
+        )
+        self.lake_files = Counter(
+            "shopstream_lake_files", "Parquet files committed to the event lake.", registry=r
+        )
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return bytes(generate_latest(self.registry))

@@ -1,0 +1,152 @@
+"""The ``shopstream`` command: services, topics, worker, replay, demo, tail."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from urllib.parse import urlparse
+
+from shopstream.settings import Settings, SettingsError
+
+
+def _services(settings: Settings, persistent: bool = False):  # type: ignore[no-untyped-def]
+    from shopstream.services import Kafka, Redis
+
+    kport = int(settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)[1])
+    r = urlparse(settings.redis_url)
+    home = settings.services_dir
+    return (
+        Kafka(home / "kafka", port=kport, controller_port=settings.kafka_controller_port),
+        Redis(home / "redis", port=r.port or 6379, persistent=persistent),
+    )
+
+
+def cmd_services(args: argparse.Namespace, settings: Settings) -> int:
+    kafka, redis = _services(settings, persistent=args.persistent)
+    if args.action == "up":
+        t0 = time.monotonic()
+        redis.start()
+        kafka.start()
+        from streams.app import ensure_topics
+
+        created = asyncio.run(ensure_topics(settings))
+        print(f"topics: {len(created)} created ({settings.partitions} partitions each)")
+        print(f"services ready in {time.monotonic() - t0:.1f}s: kafka {kafka.bootstrap}, redis {redis.url}")
+    elif args.action == "down":
+        kafka.stop()
+        redis.stop()
+    else:
+        print(kafka.status())
+        print(redis.status())
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.app import ensure_topics
+
+    created = asyncio.run(ensure_topics(settings))
+    print(f"created {len(created)} topics" + (": " + ", ".join(created) if created else " (all existed)"))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.app import run_worker
+
+    run_worker(settings, args.name)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from shopstream.replay import produce, produce_timed
+    from shopstream.sim import SyntheticShop, movielens_clicks
+
+    if args.movielens:
+        res = asyncio.run(produce_timed(settings, movielens_clicks(args.movielens), args.speedup, args.count))
+    else:
+        shop = SyntheticShop(seed=args.seed, n_users=args.users, n_items=args.items)
+        events = shop.clicks() if args.clicks_only else shop.events()
+        res = asyncio.run(produce(settings, events, rate=args.rate, limit=args.count, duration=args.duration))
+    print(f"sent {res['sent']:,} events in {res['seconds']:.1f}s ({res['rate']:,.0f} ev/s)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from shopstream.demo import run_demo
+
+    return run_demo(settings, duration=args.duration, rate=args.rate, seed=args.seed, keep=args.keep_services)
+
+
+def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
+    from shopstream.demo import tail
+
+    asyncio.run(tail(settings, args.topic, args.count))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    p = argparse.ArgumentParser(prog="shopstream", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("services", help="start/stop/status of the local Kafka broker and Redis")
+    s.add_argument("action", choices=["up", "down", "status"])
+    s.add_argument("--persistent", action="store_true", help="Redis with persistence (AOF + RDB)")
+    s.set_defaults(func=cmd_services)
+
+    s = sub.add_parser("topics", help="create every topic with explicit partition counts")
+    s.add_argument("action", choices=["create"])
+    s.set_defaults(func=cmd_topics)
+
+    s = sub.add_parser("worker", help="run a Faust worker in the foreground")
+    s.add_argument("--name", default=None, help="worker name used in logs, metrics and lake file names")
+    s.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("replay", help="produce a synthetic shop (or a real file) to Kafka")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--rate", type=float, default=1000.0, help="events/s; 0 = as fast as possible")
+    s.add_argument("--count", type=int, default=None, help="stop after this many events")
+    s.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    s.add_argument("--users", type=int, default=2000)
+    s.add_argument("--items", type=int, default=1000)
+    s.add_argument("--clicks-only", action="store_true", help="only clickstream events")
+    s.add_argument("--movielens", metavar="U_DATA", help="replay MovieLens u.data as clicks, in time order")
+    s.add_argument("--speedup", type=float, default=1e6, help="time compression for file replays")
+    s.set_defaults(func=cmd_replay)
+
+    s = sub.add_parser("demo", help="services + worker + replay + live recommendations")
+    s.add_argument("--duration", type=float, default=0.0, help="seconds; 0 = until Ctrl-C")
+    s.add_argument("--rate", type=float, default=500.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--keep-services", action="store_true", help="leave Kafka and Redis running")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("tail", help="print messages of an output topic")
+    s.add_argument("--topic", default="shop.recommendations.v1")
+    s.add_argument("--count", type=int, default=10)
+    s.set_defaults(func=cmd_tail)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``shopstream`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from shopstream.services import ServiceError
+
+    try:
+        return int(args.func(args, settings) or 0)
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The Faust application factory.
+
+``create_app(settings)`` builds a fresh app with its topics, tables, agents
+and web views; there is no module-global app (tests build as many as they
+need). Agents stay thin: decode, call a plain object, send.
+
+Partitioning: the clickstream is keyed by ``user_id``, so one user's
+recent-items table entry and the events that change it live on the same
+partition and therefore in one worker. The ``recent-items`` table has as
+many partitions as the clickstream topic (co-partitioned) and is backed by a
+compacted changelog topic, from which a restarted or newly assigned worker
+recovers it.
+
+The online recommender's weights are per-process: each worker learns from
+the partitions it owns. Co-visitation learned by one worker is not shared
+with the others; later issues add model snapshots through the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from mode import Service
+
+from ops.metrics import Metrics
+from schemas.codec import Codec, encode
+from schemas.errors import SchemaError
+from schemas.events import ClickEvent
+from schemas.topics import Topics
+from serving.clickstream import ClickstreamProcessor
+from serving.features import FeatureWriter, RedisFeatureStore
+from shopstream.services import MESSAGE_MAX_BYTES
+from shopstream.settings import Settings
+from streams.dlq import DeadLetterSink
+from streams.lake_agent import register_lake
+
+
+@dataclass
+class Runtime:
+    """Objects shared by the agents of one app (reachable as ``app.shopstream``)."""
+
+    settings: Settings
+    metrics: Metrics
+    topics: Topics
+    features: FeatureWriter
+    store: RedisFeatureStore
+    processor: ClickstreamProcessor
+    dlq: DeadLetterSink
+    worker_name: str
+    started_at: float = field(default_factory=time.time)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class FeatureFlusher(Service):
+    """Flushes buffered feature updates to Redis every ``interval`` seconds."""
+
+    def __init__(self, runtime: Runtime, interval: float = 0.05, **kwargs: Any) -> None:
+        self.runtime = runtime
+        self.interval = interval
+        super().__init__(**kwargs)
+
+    async def flush_once(self) -> None:
+        rt = self.runtime
+        n = len(rt.features.pending)
+        if not n:
+            return
+        t0 = time.perf_counter()
+        try:
+            await rt.features.flush()
+        except Exception as exc:
+            rt.metrics.redis_errors.labels(op="write").inc()
+            rt.metrics.redis_up.set(0)
+            if len(rt.features.pending) > 50 * rt.features.max_pending:
+                # Redis has been down for long: keep memory bounded, features are a cache.
+                rt.features.pending.clear()
+            self.log.warning("feature flush failed (%s); will retry", exc)
+            return
+        rt.metrics.redis_up.set(1)
+        rt.metrics.redis_seconds.labels(op="write").observe(time.perf_counter() - t0)
+
+    @Service.task
+    async def _flush_loop(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.interval)
+            await self.flush_once()
+
+    async def on_stop(self) -> None:
+        await self.flush_once()
+        await self.runtime.store.close()
+
+
+def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
+    """Build a shopstream Faust app from ``settings``."""
+    name = worker_name or f"{socket.gethostname()}-{os.getpid()}"
+    app = faust.App(
+        settings.app_id,
+        broker=settings.kafka_url,
+        store="memory://",
+        autodiscover=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        topic_allow_declare=True,
+        datadir=str(settings.data_dir),
+        web_enabled=True,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        broker_commit_interval=settings.commit_interval_s,
+        producer_linger=settings.producer_linger_s,
+        producer_max_request_size=MESSAGE_MAX_BYTES,
+        consumer_max_fetch_size=MESSAGE_MAX_BYTES,
+        key_serializer="raw",
+        value_serializer="json",
+        processing_guarantee="at_least_once",
+        stream_wait_empty=False,
+        table_cleanup_interval=60.0,
+    )
+    topics = Topics(settings.topic_prefix)
+    metrics = Metrics()
+    store = RedisFeatureStore(settings.redis_url, settings.redis_prefix)
+    features = FeatureWriter(store, ttl_s=settings.feature_ttl_s)
+    runtime = Runtime(
+        settings=settings,
+        metrics=metrics,
+        topics=topics,
+        features=features,
+        store=store,
+        processor=ClickstreamProcessor(features, k=settings.recs_k, recent_items=settings.recent_items),
+        dlq=DeadLetterSink(app, metrics, worker=name),
+        worker_name=name,
+    )
+    app.shopstream = runtime  # type: ignore[attr-defined]
+
+    flusher = FeatureFlusher(runtime)
+    app.service(flusher)
+
+    clicks_topic = app.topic(topics.clicks, partitions=settings.partitions, value_serializer="raw")
+    recs_topic = app.topic(topics.recommendations, value_serializer="raw")
+    recent_items = app.Table(
+        "recent-items", default=list, partitions=settings.partitions
+    )
+    runtime.extra["recent_items"] = recent_items
+    click_codec: Codec[ClickEvent] = Codec(ClickEvent, settings.max_event_bytes)
+
+    in_clicks = metrics.events_in.labels(topic=topics.clicks)
+    out_recs = metrics.events_out.labels(topic=topics.recommendations)
+    proc_time = metrics.processing.labels(agent="recommend")
+    age = metrics.event_age.labels(agent="recommend")
+
+    @app.agent(clicks_topic, name="recommend")
+    async def recommend(stream: faust.StreamT) -> None:
+        """Clickstream → recent-items table, online model, features → recommendations."""
+        processor = runtime.processor
+        async for event in stream.events():
+            t0 = time.perf_counter()
+            message = event.message
+            in_clicks.inc()
+            try:
+                ev = click_codec.decode(message.value)
+            except SchemaError as err:
+                await runtime.dlq.send(err, message)
+                continue
+            user = ev.user_id
+            recent = recent_items[user]
+            new_recent, rec = processor.process(ev, recent)
+            if new_recent is not recent:
+                recent_items[user] = new_recent
+            if rec is not None:
+                await recs_topic.send(key=user.encode(), value=encode(rec))
+                out_recs.inc()
+                age.observe(max(0.0, time.time() - ev.ts))
+            proc_time.observe(time.perf_counter() - t0)
+            if runtime.features.full:
+                await flusher.flush_once()
+
+    runtime.extra["recommend_agent"] = recommend
+
+    register_lake(app, runtime)
+    _register_views(app, runtime)
+    return app
+
+
+def _register_views(app: faust.App, runtime: Runtime) -> None:
+    @app.page("/metrics")
+    async def metrics_view(web: Any, request: Any) -> Any:
+        return web.bytes(runtime.metrics.render(), content_type="text/plain; version=0.0.4")
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json(
+            {
+                "status": "ok",
+                "worker": runtime.worker_name,
+                "uptime_s": round(time.time() - runtime.started_at, 1),
+                "assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in app.assignor.assigned_actives()),
+            }
+        )
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create every input, output and dead-letter topic with explicit partitions."""
+    from shopstream.services import create_topics
+
+    t = Topics(settings.topic_prefix)
+    wanted = {name: settings.partitions for name in t.inputs()}
+    wanted.update({f"{name}.dlq": settings.partitions for name in t.inputs()})
+    wanted.update({name: settings.partitions for name in t.outputs()})
+    return await create_topics(settings.kafka_bootstrap, wanted, settings.replication)
+
+
+def run_worker(settings: Settings, worker_name: str | None = None) -> None:
+    """Run one worker in the foreground until SIGINT/SIGTERM."""
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.run(ensure_topics(settings))
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    app = create_app(settings, worker_name)
+    from faust.worker import Worker
+
+    worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
