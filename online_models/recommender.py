@@ -179,8 +179,9 @@ class CoVisitationRecommender(base.Base):
 
     # -- serving ------------------------------------------------------------------
     def popular(self) -> list[str]:
-        """The currently most popular items (refreshed every 500 events)."""
-        if self._popular_at < 0 or self.n_events - self._popular_at >= 500:
+        """The currently most popular items."""
+        # Refresh every 500 events, and more often while the catalogue is young.
+        if self._popular_at < 0 or self.n_events - self._popular_at >= min(500, max(1, self.n_events // 4)):
             self._popular = [
                 i for i, _ in heapq.nlargest(self.popular_size, self.popularity.items(), key=lambda kv: kv[1])
             ]

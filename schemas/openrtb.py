@@ -14,9 +14,9 @@ every object remembers the keys its Struct does not model, and
 gives JSON equal to the input (as parsed values; key order and number
 formatting such as ``3.00`` -> ``3.0`` may differ). A known field sent as
 ``null`` is kept the same way. :func:`unknown_fields` reads or edits an
-object's kept keys. They live in the instance ``__dict__``: ``==`` ignores them
-and ``copy.copy`` / ``msgspec.structs.replace`` drop them, so edit decoded
-records in place.
+object's kept keys. They live in the instance ``__dict__``: ``==`` ignores them,
+and ``copy.copy``, ``pickle`` and ``msgspec.structs.replace`` drop them, so edit
+decoded records in place.
 
 Examples
 --------

@@ -1,0 +1,599 @@
+"""End-to-end benchmark of the first live slice: clicks -> one worker -> recommendations.
+
+Starts its own Kafka and Redis on free ports in a temporary directory, creates uuid-prefixed
+topics, and runs ONE ``shopstream worker`` child process (the ``recommend`` agent). Then:
+
+1. warm-up: a few hundred clicks, waiting until each one's recommendation arrives;
+2. latency: clicks offered at a fixed rate (1,000/s) for N seconds, produced with aiokafka
+   (key = user_id); a concurrent consumer of the recommendations topic matches each
+   recommendation to its click by ``event_id``. Latency = receive time - send time, both
+   ``time.perf_counter()`` in this process (so clock skew cannot enter);
+3. throughput: M clicks produced as fast as possible; the worker's sustained rate is
+   M / (last recommendation received - first recommendation received), all M matched;
+4. baseline, same run: raw aiokafka consumption of the same M click messages (no group join
+   in the timing, no decoding), and the same with ``CLICK_CODEC`` decoding.
+
+Every click is of type ``click`` (a meaningful event, so each yields exactly one
+recommendation); users, items, categories and prices come from :class:`shopstream.sim.SyntheticShop`.
+
+Run: ``python -m benchmarks.pipeline [--quick] [--out PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from benchmarks.common import parse_args, percentiles, target, write_results
+from schemas.events import CLICK_CODEC, RECOMMENDATION_CODEC
+from shopstream.procs import WorkerProcess, metric_value
+from shopstream.services import Kafka, Redis, free_port
+from shopstream.settings import Settings
+from shopstream.sim import SyntheticShop
+from streams.app import ensure_topics
+
+NAME = "pipeline"
+
+FULL: dict[str, float] = {
+    "warmup": 500,
+    "rate": 1000,
+    "latency_s": 30,
+    "throughput_msgs": 100_000,
+}
+QUICK: dict[str, float] = {
+    "warmup": 300,
+    "rate": 1000,
+    "latency_s": 8,
+    "throughput_msgs": 20_000,
+}
+PARTITIONS = 4
+WORKERS = 1
+PRODUCER_LINGER_MS = 1
+#: Give up waiting for outstanding recommendations after this long without progress.
+STALL_S = 30.0
+
+_enc = msgspec.json.Encoder()
+
+
+def log(msg: str) -> None:
+    """Progress line (house rule 12)."""
+    print(f"[pipeline {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --- click generation ---------------------------------------------------------------------------
+
+
+class ClickSource:
+    """Endless ``click`` events with unique event ids, from the synthetic shop's sessions."""
+
+    def __init__(self, run_id: str, seed: int = 11) -> None:
+        self.run_id = run_id
+        self.shop = SyntheticShop(seed=seed, n_users=5000, n_items=5000)
+        self._it: Iterator[tuple[str, bytes, bytes]] = self.shop.clicks()
+        self._n = 0
+
+    def next(self, phase: str) -> tuple[str, bytes, bytes]:
+        """``(event_id, key, value)`` of the next click; ``ts`` is now."""
+        while True:
+            _, key, value = next(self._it)
+            ev = msgspec.json.decode(value)
+            if "item_id" in ev:
+                break
+        self._n += 1
+        eid = f"{self.run_id}-{phase}-{self._n:09d}"
+        out = {
+            "type": "click",
+            "event_id": eid,
+            "ts": time.time(),
+            "user_id": ev["user_id"],
+            "session_id": ev.get("session_id"),
+            "item_id": ev["item_id"],
+            "category": ev.get("category"),
+            "price": ev.get("price"),
+        }
+        return eid, key, _enc.encode(out)
+
+    def batch(self, n: int, phase: str) -> list[tuple[str, bytes, bytes]]:
+        """``n`` encoded clicks."""
+        return [self.next(phase) for _ in range(n)]
+
+
+# --- the recommendation collector ---------------------------------------------------------------
+
+
+@dataclass
+class Collector:
+    """Consumes the recommendations topic and records receive times by ``event_id``."""
+
+    consumer: AIOKafkaConsumer
+    received: dict[str, float] = field(default_factory=dict)
+    total: int = 0
+    duplicates: int = 0
+    decode_errors: int = 0
+    last_progress: float = field(default_factory=time.perf_counter)
+
+    async def run(self) -> None:
+        decode = RECOMMENDATION_CODEC.decode
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=100, max_records=5000)
+            now = time.perf_counter()
+            for records in batches.values():
+                for r in records:
+                    self.total += 1
+                    try:
+                        rec = decode(r.value)
+                    except Exception:
+                        self.decode_errors += 1
+                        continue
+                    if rec.event_id in self.received:
+                        self.duplicates += 1
+                    else:
+                        self.received[rec.event_id] = now
+                    self.last_progress = now
+
+    async def wait_for(self, ids: list[str], what: str, stall_s: float = STALL_S) -> int:
+        """Wait until every id in ``ids`` has a recommendation, or progress stalls; return matched."""
+        pending = [i for i in ids if i not in self.received]
+        last_report = time.perf_counter()
+        stalled_since = time.perf_counter()
+        prev = len(pending)
+        while pending:
+            await asyncio.sleep(0.05)
+            pending = [i for i in pending if i not in self.received]
+            now = time.perf_counter()
+            if len(pending) < prev:
+                stalled_since, prev = now, len(pending)
+            elif now - stalled_since > stall_s:
+                log(f"{what}: gave up with {len(pending):,} recommendations missing ({stall_s:.0f}s stall)")
+                break
+            if now - last_report > 5:
+                log(f"{what}: {len(ids) - len(pending):,}/{len(ids):,} recommendations received")
+                last_report = now
+        return len(ids) - len(pending)
+
+
+# --- worker-side observations -------------------------------------------------------------------
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """user+system CPU seconds of ``pid`` (0.0 if unreadable)."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _kafka_pid(kafka: Kafka) -> int | None:
+    try:
+        return int(kafka.pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class Snapshot:
+    """Counters read at a point in time, to be diffed."""
+
+    t: float
+    worker_cpu: float
+    kafka_cpu: float
+    proc_sum: float
+    proc_count: float
+    redis_sum: float
+    redis_count: float
+    recs_out: float
+    buckets: dict[str, float]
+
+
+def snapshot(worker: WorkerProcess, kafka: Kafka, settings: Settings) -> Snapshot:
+    text = worker.metrics_text()
+    agent = {"agent": "recommend"}
+    buckets: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("shopstream_processing_seconds_bucket") and 'agent="recommend"' in line:
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[le] = float(line.rpartition(" ")[2])
+    return Snapshot(
+        t=time.perf_counter(),
+        worker_cpu=_cpu_seconds(worker.proc.pid if worker.proc else None),
+        kafka_cpu=_cpu_seconds(_kafka_pid(kafka)),
+        proc_sum=metric_value(text, "shopstream_processing_seconds_sum", agent),
+        proc_count=metric_value(text, "shopstream_processing_seconds_count", agent),
+        redis_sum=metric_value(text, "shopstream_redis_seconds_sum", {"op": "write"}),
+        redis_count=metric_value(text, "shopstream_redis_seconds_count", {"op": "write"}),
+        recs_out=metric_value(
+            text, "shopstream_events_out_total", {"topic": settings.topic_prefix + "shop.recommendations.v1"}
+        ),
+        buckets=buckets,
+    )
+
+
+def _bucket_quantile(before: dict[str, float], after: dict[str, float], q: float) -> float:
+    """Upper bucket bound holding quantile ``q`` of the observations between two snapshots."""
+    diff = sorted(
+        ((float("inf") if le == "+Inf" else float(le)), after[le] - before.get(le, 0.0)) for le in after
+    )
+    if not diff or diff[-1][1] <= 0:
+        return float("nan")
+    total = diff[-1][1]
+    for bound, cum in diff:
+        if cum >= q * total:
+            return bound
+    return float("inf")
+
+
+def profile(a: Snapshot, b: Snapshot, n: int) -> dict[str, float]:
+    """Worker-side cost of the ``n`` events processed between two snapshots."""
+    wall = b.t - a.t
+    count = b.proc_count - a.proc_count
+    agent_s = b.proc_sum - a.proc_sum
+    return {
+        "wall_s": round(wall, 3),
+        "worker_cpu_s": round(b.worker_cpu - a.worker_cpu, 2),
+        "worker_cpu_util": round((b.worker_cpu - a.worker_cpu) / wall, 3) if wall > 0 else float("nan"),
+        "worker_cpu_us_per_click": round(1e6 * (b.worker_cpu - a.worker_cpu) / n, 1) if n else float("nan"),
+        "kafka_cpu_s": round(b.kafka_cpu - a.kafka_cpu, 2),
+        "agent_events": count,
+        "agent_mean_us": round(1e6 * agent_s / count, 1) if count else float("nan"),
+        "agent_p50_le_s": _bucket_quantile(a.buckets, b.buckets, 0.5),
+        "agent_p99_le_s": _bucket_quantile(a.buckets, b.buckets, 0.99),
+        "agent_share_of_worker_cpu": round(agent_s / (b.worker_cpu - a.worker_cpu), 3)
+        if b.worker_cpu > a.worker_cpu
+        else float("nan"),
+        "redis_flushes": b.redis_count - a.redis_count,
+        "redis_flush_mean_ms": round(1e3 * (b.redis_sum - a.redis_sum) / (b.redis_count - a.redis_count), 3)
+        if b.redis_count > a.redis_count
+        else float("nan"),
+        "recs_out": b.recs_out - a.recs_out,
+    }
+
+
+# --- phases -------------------------------------------------------------------------------------
+
+
+async def produce_paced(
+    producer: AIOKafkaProducer, topic: str, source: ClickSource, rate: float, duration: float
+) -> tuple[dict[str, float], float]:
+    """Offer clicks at ``rate``/s for ``duration`` s; return send times by event id and the span."""
+    sent: dict[str, float] = {}
+    n_total = int(rate * duration)
+    t0 = time.perf_counter()
+    last_report = t0
+    n = 0
+    while n < n_total:
+        due = min(n_total, int((time.perf_counter() - t0) * rate) + 1)
+        while n < due:
+            eid, key, value = source.next("lat")
+            sent[eid] = time.perf_counter()
+            await producer.send(topic, value=value, key=key)
+            n += 1
+        now = time.perf_counter()
+        if now - last_report > 5:
+            log(f"latency: {n:,}/{n_total:,} clicks offered ({n / (now - t0):,.0f}/s)")
+            last_report = now
+        next_due = t0 + (n + 1) / rate
+        await asyncio.sleep(max(0.0, next_due - time.perf_counter()))
+    await producer.flush()
+    return sent, time.perf_counter() - t0
+
+
+async def raw_consume(
+    bootstrap: str, topic: str, start: dict[TopicPartition, int], m: int, decode: bool
+) -> tuple[float, int]:
+    """Read ``m`` messages from ``start`` offsets with a fresh consumer; return (msgs/s, read)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-raw-{uuid.uuid4().hex[:8]}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(start))
+        for tp, off in start.items():
+            consumer.seek(tp, off)
+        n = 0
+        t_first: float | None = None
+        dec = CLICK_CODEC.decode
+        deadline = time.perf_counter() + 120
+        while n < m and time.perf_counter() < deadline:
+            batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            for records in batches.values():
+                if t_first is None and records:
+                    t_first = time.perf_counter()
+                if decode:
+                    for r in records:
+                        dec(r.value)
+                n += len(records)
+        t_end = time.perf_counter()
+        if t_first is None or n == 0:
+            return float("nan"), 0
+        # The first batch's records arrived "at" t_first; rate over the rest.
+        return n / (t_end - t_first), n
+    finally:
+        await consumer.stop()
+
+
+async def measure(
+    settings: Settings, cfg: dict[str, float], worker: WorkerProcess, kafka: Kafka
+) -> dict[str, Any]:
+    bootstrap = settings.kafka_bootstrap
+    clicks_topic = settings.topic_prefix + "shop.clicks.v1"
+    recs_topic = settings.topic_prefix + "shop.recommendations.v1"
+    source = ClickSource(settings.app_id)
+
+    rec_consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="latest"
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=PRODUCER_LINGER_MS, max_batch_size=64 * 1024, acks=1
+    )
+    await rec_consumer.start()
+    await producer.start()
+    collector = Collector(rec_consumer)
+    task: asyncio.Task[None] | None = None
+    try:
+        rec_tps = [TopicPartition(recs_topic, p) for p in range(settings.partitions)]
+        rec_consumer.assign(rec_tps)
+        await rec_consumer.seek_to_end(*rec_tps)
+        for tp in rec_tps:
+            await rec_consumer.position(tp)
+        task = asyncio.create_task(collector.run())
+
+        # 1. warm-up
+        n_warm = int(cfg["warmup"])
+        log(f"warm-up: producing {n_warm} clicks")
+        warm = source.batch(n_warm, "warm")
+        t0 = time.perf_counter()
+        for _eid, key, value in warm:
+            await producer.send(clicks_topic, value=value, key=key)
+        await producer.flush()
+        got = await collector.wait_for([e for e, _, _ in warm], "warm-up", stall_s=60)
+        warm_s = time.perf_counter() - t0
+        log(f"warm-up: {got}/{n_warm} recommendations in {warm_s:.1f}s")
+        if got < n_warm:
+            raise RuntimeError(
+                f"warm-up got only {got}/{n_warm} recommendations; worker log:\n{worker.tail_log()}"
+            )
+
+        # 2. latency at a fixed offered rate
+        rate, dur = float(cfg["rate"]), float(cfg["latency_s"])
+        log(f"latency: offering {rate:,.0f} clicks/s for {dur:.0f}s")
+        s_lat0 = snapshot(worker, kafka, settings)
+        sent, span = await produce_paced(producer, clicks_topic, source, rate, dur)
+        log(f"latency: {len(sent):,} clicks sent in {span:.2f}s; waiting for recommendations")
+        matched_lat = await collector.wait_for(list(sent), "latency")
+        s_lat1 = snapshot(worker, kafka, settings)
+        lat_ms = [1e3 * (collector.received[e] - t) for e, t in sent.items() if e in collector.received]
+        lat = percentiles(lat_ms, (50, 90, 99, 99.9)) if lat_ms else {}
+        log(
+            f"latency: matched {matched_lat:,}/{len(sent):,}; p50 {lat.get('p50', float('nan')):.1f} ms, "
+            f"p99 {lat.get('p99', float('nan')):.1f} ms, max {max(lat_ms, default=float('nan')):.1f} ms"
+        )
+
+        # 3. sustained throughput of one worker
+        m = int(cfg["throughput_msgs"])
+        log(f"throughput: encoding {m:,} clicks")
+        bulk = source.batch(m, "tput")
+        ids = [e for e, _, _ in bulk]
+        probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+        await probe.start()
+        try:
+            click_tps = [TopicPartition(clicks_topic, p) for p in range(settings.partitions)]
+            start_offsets: dict[TopicPartition, int] = dict(await probe.end_offsets(click_tps))
+        finally:
+            await probe.stop()
+        await asyncio.sleep(1.0)  # let the worker go idle (commits, flushes) before the burst
+        s_tp0 = snapshot(worker, kafka, settings)
+        log(f"throughput: producing {m:,} clicks as fast as possible")
+        t_prod0 = time.perf_counter()
+        for i, (_eid, key, value) in enumerate(bulk):
+            await producer.send(clicks_topic, value=value, key=key)
+            if i and i % 50_000 == 0:
+                log(f"throughput: {i:,}/{m:,} queued")
+        await producer.flush()
+        t_prod1 = time.perf_counter()
+        producer_rate = m / (t_prod1 - t_prod0)
+        log(f"throughput: produced {m:,} in {t_prod1 - t_prod0:.2f}s ({producer_rate:,.0f}/s); waiting")
+        matched_tp = await collector.wait_for(ids, "throughput")
+        s_tp1 = snapshot(worker, kafka, settings)
+        recv = [collector.received[e] for e in ids if e in collector.received]
+        first, last = min(recv), max(recv)
+        worker_rate = len(recv) / (last - first) if last > first else float("nan")
+        end_to_end_rate = len(recv) / (last - t_prod0)
+        log(
+            f"throughput: matched {matched_tp:,}/{m:,}; {worker_rate:,.0f} clicks/s (first->last rec), "
+            f"{end_to_end_rate:,.0f}/s (first send->last rec)"
+        )
+        await asyncio.sleep(1.0)
+    finally:
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        await producer.stop()
+        await rec_consumer.stop()
+
+    # 4. baselines: raw consumption of the same M click messages
+    log(f"baseline: raw aiokafka consumption of the same {m:,} clicks")
+    raw_rate, raw_n = await raw_consume(bootstrap, clicks_topic, start_offsets, m, decode=False)
+    log(f"baseline: raw consume {raw_n:,} msgs at {raw_rate:,.0f}/s")
+    raw_dec_rate, raw_dec_n = await raw_consume(bootstrap, clicks_topic, start_offsets, m, decode=True)
+    log(f"baseline: consume+CLICK_CODEC.decode {raw_dec_n:,} msgs at {raw_dec_rate:,.0f}/s")
+
+    return {
+        "latency_ms": lat,
+        "latency_max_ms": max(lat_ms, default=float("nan")),
+        "latency_mean_ms": sum(lat_ms) / len(lat_ms) if lat_ms else float("nan"),
+        "latency_sent": len(sent),
+        "latency_matched": matched_lat,
+        "latency_offered_rate": len(sent) / span,
+        "latency_profile": profile(s_lat0, s_lat1, len(sent)),
+        "warmup_s": warm_s,
+        "tput_matched": matched_tp,
+        "tput_worker_rate": worker_rate,
+        "tput_end_to_end_rate": end_to_end_rate,
+        "tput_producer_rate": producer_rate,
+        "tput_drain_s": last - first,
+        "tput_profile": profile(s_tp0, s_tp1, len(recv)),
+        "raw_rate": raw_rate,
+        "raw_n": raw_n,
+        "raw_decode_rate": raw_dec_rate,
+        "recs_total": collector.total,
+        "recs_duplicates": collector.duplicates,
+        "recs_decode_errors": collector.decode_errors,
+    }
+
+
+def _worker_log_notes(path: Path) -> dict[str, Any]:
+    """Counts of warning/error lines in the worker log, and the first few of them."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {"lines": 0, "warnings": 0, "errors": 0, "first": []}
+    warn = [ln for ln in lines if "WARN" in ln]
+    err = [ln for ln in lines if "ERROR" in ln or "Traceback" in ln or "CRITICAL" in ln]
+    return {"lines": len(lines), "warnings": len(warn), "errors": len(err), "first": (err + warn)[:5]}
+
+
+def run(cfg: dict[str, float], keep_log: Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Start services and a worker, measure, tear everything down; return (raw results, notes)."""
+    run_id = uuid.uuid4().hex[:10]
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        home = Path(tmp)
+        kafka = Kafka(home / "kafka", port=free_port(), controller_port=free_port())
+        redis = Redis(home / "redis", port=free_port())
+        worker: WorkerProcess | None = None
+        wlog = home / "worker.log"
+        try:
+            log("starting Kafka and Redis")
+            kafka.start(quiet=False)
+            redis.start(quiet=False)
+            settings = Settings.from_env(
+                {},
+                kafka_bootstrap=kafka.bootstrap,
+                kafka_controller_port=kafka.controller_port,
+                redis_url=redis.url,
+                topic_prefix=f"bench-{run_id}-",
+                app_id=f"bench-{run_id}",
+                partitions=PARTITIONS,
+                data_dir=home / "worker",
+                lake_dir=home / "lake",
+                web_port=free_port(),
+                services_dir=home,
+                session_timeout_s=6,
+                heartbeat_interval_s=0.5,
+            )
+            created = asyncio.run(ensure_topics(settings))
+            log(f"created {len(created)} topics with prefix {settings.topic_prefix}")
+            worker = WorkerProcess(settings, "bench", wlog).start()
+            t0 = time.monotonic()
+            worker.wait_ready(timeout=90, topic=settings.topic_prefix + "shop.clicks.v1")
+            log(f"worker ready in {time.monotonic() - t0:.1f}s (log: {wlog})")
+            res = asyncio.run(measure(settings, cfg, worker, kafka))
+            res["worker_alive_at_end"] = worker.alive()
+            notes = _worker_log_notes(wlog)
+            res["settings"] = {
+                "producer_linger_s": settings.producer_linger_s,
+                "commit_interval_s": settings.commit_interval_s,
+                "batch_max": settings.batch_max,
+                "batch_within_s": settings.batch_within_s,
+            }
+            return res, notes
+        finally:
+            if worker is not None:
+                log("stopping worker")
+                rc = worker.stop()
+                log(f"worker exited with {rc}")
+                tail = worker.tail_log(1500)
+                if tail.strip():
+                    print("---- worker log tail ----\n" + tail + "\n-------------------------", flush=True)
+                if keep_log is not None and wlog.exists():
+                    keep_log.write_bytes(wlog.read_bytes())
+            redis.stop(quiet=True)
+            kafka.stop(quiet=True)
+            log("services stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    def extra(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--keep-log", type=Path, default=None, metavar="PATH", help="copy the worker log here")
+
+    args = parse_args(NAME, __doc__.splitlines()[0] if __doc__ else NAME, extra=extra, argv=argv)
+    cfg = QUICK if args.quick else FULL
+    t0 = time.monotonic()
+    res, notes = run(cfg, args.keep_log)
+    lat = res["latency_ms"]
+    metrics: dict[str, Any] = {
+        "throughput_clicks_per_s": round(res["tput_worker_rate"], 1),
+        "throughput_end_to_end_clicks_per_s": round(res["tput_end_to_end_rate"], 1),
+        "throughput_matched": res["tput_matched"],
+        "throughput_drain_s": round(res["tput_drain_s"], 3),
+        "producer_clicks_per_s": round(res["tput_producer_rate"], 1),
+        "worker_vs_raw_consume": round(res["tput_worker_rate"] / res["raw_rate"], 4),
+        "p50_ms_at_1000_per_s": round(lat.get("p50", float("nan")), 3),
+        "p90_ms_at_1000_per_s": round(lat.get("p90", float("nan")), 3),
+        "p99_ms_at_1000_per_s": round(lat.get("p99", float("nan")), 3),
+        "p99_9_ms_at_1000_per_s": round(lat.get("p99.9", float("nan")), 3),
+        "max_ms_at_1000_per_s": round(res["latency_max_ms"], 3),
+        "mean_ms_at_1000_per_s": round(res["latency_mean_ms"], 3),
+        "latency_sent": res["latency_sent"],
+        "latency_matched": res["latency_matched"],
+        "latency_achieved_rate_per_s": round(res["latency_offered_rate"], 1),
+        "recommendations_consumed": res["recs_total"],
+        "recommendation_duplicates": res["recs_duplicates"],
+        "recommendation_decode_errors": res["recs_decode_errors"],
+        "warmup_s": round(res["warmup_s"], 2),
+        "profile_latency_phase": res["latency_profile"],
+        "profile_throughput_phase": res["tput_profile"],
+        "worker_alive_at_end": res["worker_alive_at_end"],
+        "worker_log": notes,
+    }
+    baselines = {
+        "raw_consume_msgs_per_s": round(res["raw_rate"], 1),
+        "raw_consume_messages": res["raw_n"],
+        "raw_consume_decode_msgs_per_s": round(res["raw_decode_rate"], 1),
+    }
+    targets = {
+        "throughput_clicks_per_s": target(res["tput_worker_rate"], 5000, ">="),
+        "p99_ms_at_1000_per_s": target(lat.get("p99", float("nan")), 50, "<="),
+    }
+    params = {
+        "workers": WORKERS,
+        "partitions": PARTITIONS,
+        "warmup_clicks": int(cfg["warmup"]),
+        "offered_rate_per_s": cfg["rate"],
+        "latency_duration_s": cfg["latency_s"],
+        "throughput_messages": int(cfg["throughput_msgs"]),
+        "event_type": "click (every click yields one recommendation)",
+        "producer": f"aiokafka, linger_ms={PRODUCER_LINGER_MS}, acks=1, key=user_id",
+        "latency_clock": "time.perf_counter in the benchmark process, send() call -> getmany() return",
+        "throughput_definition": "matched recommendations / (last rec received - first rec received)",
+        "baseline_definition": "fresh aiokafka consumer, assigned and seeked to the throughput phase's "
+        "start offsets; rate from its first record to its M-th",
+        "worker_settings": res["settings"],
+        "elapsed_s": round(time.monotonic() - t0, 1),
+    }
+    write_results(NAME, args.quick, params, metrics, baselines, targets, out=args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
