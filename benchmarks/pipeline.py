@@ -118,6 +118,8 @@ class Collector:
 
     consumer: AIOKafkaConsumer
     received: dict[str, float] = field(default_factory=dict)
+    #: event_id -> (wall-clock receive time, the worker's ``generated_at``)
+    stamps: dict[str, tuple[float, float]] = field(default_factory=dict)
     total: int = 0
     duplicates: int = 0
     decode_errors: int = 0
@@ -128,6 +130,7 @@ class Collector:
         while True:
             batches = await self.consumer.getmany(timeout_ms=100, max_records=5000)
             now = time.perf_counter()
+            wall = time.time()
             for records in batches.values():
                 for r in records:
                     self.total += 1
@@ -140,6 +143,7 @@ class Collector:
                         self.duplicates += 1
                     else:
                         self.received[rec.event_id] = now
+                        self.stamps[rec.event_id] = (wall, rec.generated_at)
                     self.last_progress = now
 
     async def wait_for(self, ids: list[str], what: str, stall_s: float = STALL_S) -> int:
@@ -263,14 +267,47 @@ def profile(a: Snapshot, b: Snapshot, n: int) -> dict[str, float]:
     }
 
 
+def _decompose(sent: dict[str, float], sent_wall: dict[str, float], collector: Collector) -> dict[str, Any]:
+    """Split each latency at the worker's ``generated_at`` (wall clock, same machine).
+
+    ``to_worker``: click sent -> recommendation built; ``from_worker``: built -> received here.
+    Also the p50 and max latency of the clicks sent in each second of the run, to show a
+    backlog building up (or not).
+    """
+    to_w: list[float] = []
+    from_w: list[float] = []
+    by_sec: dict[int, list[float]] = {}
+    t0 = min(sent.values(), default=0.0)
+    for eid, t_send in sent.items():
+        st = collector.stamps.get(eid)
+        if st is None:
+            continue
+        recv_wall, generated = st
+        to_w.append(1e3 * (generated - sent_wall[eid]))
+        from_w.append(1e3 * (recv_wall - generated))
+        by_sec.setdefault(int(t_send - t0), []).append(1e3 * (collector.received[eid] - t_send))
+    if not to_w:
+        return {}
+    return {
+        "to_worker_ms": percentiles(to_w, (50, 99)),
+        "from_worker_ms": percentiles(from_w, (50, 99)),
+        "p50_ms_by_second": [round(percentiles(v, (50,))["p50"], 1) for _, v in sorted(by_sec.items())],
+        "max_ms_by_second": [round(max(v), 1) for _, v in sorted(by_sec.items())],
+    }
+
+
 # --- phases -------------------------------------------------------------------------------------
 
 
 async def produce_paced(
     producer: AIOKafkaProducer, topic: str, source: ClickSource, rate: float, duration: float
-) -> tuple[dict[str, float], float]:
-    """Offer clicks at ``rate``/s for ``duration`` s; return send times by event id and the span."""
+) -> tuple[dict[str, float], dict[str, float], float]:
+    """Offer clicks at ``rate``/s for ``duration`` s.
+
+    Returns send times by event id (``perf_counter`` and wall clock) and the span in seconds.
+    """
     sent: dict[str, float] = {}
+    sent_wall: dict[str, float] = {}
     n_total = int(rate * duration)
     t0 = time.perf_counter()
     last_report = t0
@@ -279,6 +316,7 @@ async def produce_paced(
         due = min(n_total, int((time.perf_counter() - t0) * rate) + 1)
         while n < due:
             eid, key, value = source.next("lat")
+            sent_wall[eid] = time.time()
             sent[eid] = time.perf_counter()
             await producer.send(topic, value=value, key=key)
             n += 1
@@ -289,7 +327,7 @@ async def produce_paced(
         next_due = t0 + (n + 1) / rate
         await asyncio.sleep(max(0.0, next_due - time.perf_counter()))
     await producer.flush()
-    return sent, time.perf_counter() - t0
+    return sent, sent_wall, time.perf_counter() - t0
 
 
 async def raw_consume(
@@ -308,22 +346,20 @@ async def raw_consume(
         for tp, off in start.items():
             consumer.seek(tp, off)
         n = 0
-        t_first: float | None = None
         dec = CLICK_CODEC.decode
-        deadline = time.perf_counter() + 120
+        # No group join (partitions are assigned), so the clock starts at the first fetch.
+        t_first = time.perf_counter()
+        deadline = t_first + 120
         while n < m and time.perf_counter() < deadline:
-            batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            batches = await consumer.getmany(timeout_ms=500, max_records=1000)
             for records in batches.values():
-                if t_first is None and records:
-                    t_first = time.perf_counter()
                 if decode:
                     for r in records:
                         dec(r.value)
                 n += len(records)
         t_end = time.perf_counter()
-        if t_first is None or n == 0:
+        if n == 0:
             return float("nan"), 0
-        # The first batch's records arrived "at" t_first; rate over the rest.
         return n / (t_end - t_first), n
     finally:
         await consumer.stop()
@@ -375,12 +411,13 @@ async def measure(
         rate, dur = float(cfg["rate"]), float(cfg["latency_s"])
         log(f"latency: offering {rate:,.0f} clicks/s for {dur:.0f}s")
         s_lat0 = snapshot(worker, kafka, settings)
-        sent, span = await produce_paced(producer, clicks_topic, source, rate, dur)
+        sent, sent_wall, span = await produce_paced(producer, clicks_topic, source, rate, dur)
         log(f"latency: {len(sent):,} clicks sent in {span:.2f}s; waiting for recommendations")
         matched_lat = await collector.wait_for(list(sent), "latency")
         s_lat1 = snapshot(worker, kafka, settings)
         lat_ms = [1e3 * (collector.received[e] - t) for e, t in sent.items() if e in collector.received]
         lat = percentiles(lat_ms, (50, 90, 99, 99.9)) if lat_ms else {}
+        decomposition = _decompose(sent, sent_wall, collector)
         log(
             f"latency: matched {matched_lat:,}/{len(sent):,}; p50 {lat.get('p50', float('nan')):.1f} ms, "
             f"p99 {lat.get('p99', float('nan')):.1f} ms, max {max(lat_ms, default=float('nan')):.1f} ms"
@@ -446,6 +483,7 @@ async def measure(
         "latency_matched": matched_lat,
         "latency_offered_rate": len(sent) / span,
         "latency_profile": profile(s_lat0, s_lat1, len(sent)),
+        "latency_decomposition": decomposition,
         "warmup_s": warm_s,
         "tput_matched": matched_tp,
         "tput_worker_rate": worker_rate,
@@ -561,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         "recommendation_duplicates": res["recs_duplicates"],
         "recommendation_decode_errors": res["recs_decode_errors"],
         "warmup_s": round(res["warmup_s"], 2),
+        "latency_decomposition": res["latency_decomposition"],
         "profile_latency_phase": res["latency_profile"],
         "profile_throughput_phase": res["tput_profile"],
         "worker_alive_at_end": res["worker_alive_at_end"],
@@ -587,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency_clock": "time.perf_counter in the benchmark process, send() call -> getmany() return",
         "throughput_definition": "matched recommendations / (last rec received - first rec received)",
         "baseline_definition": "fresh aiokafka consumer, assigned and seeked to the throughput phase's "
-        "start offsets; rate from its first record to its M-th",
+        "start offsets; rate from its first fetch to its M-th record",
         "worker_settings": res["settings"],
         "elapsed_s": round(time.monotonic() - t0, 1),
     }

@@ -74,7 +74,9 @@ class LakeWriter:
         self._seq = 0
         self.files_written = 0
 
-    def add(self, topic: str, partition: int, offset: int, ts_ms: int, key: bytes | None, value: bytes | None) -> None:
+    def add(
+        self, topic: str, partition: int, offset: int, ts_ms: int, key: bytes | None, value: bytes | None
+    ) -> None:
         """Buffer one message."""
         date = dt.datetime.fromtimestamp(ts_ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d")
         cols = self._cols.get((topic, date))

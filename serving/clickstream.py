@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 
 from online_models.recommender import EVENT_WEIGHTS, CoVisitationRecommender
-from schemas.events import ITEM_EVENTS, ClickEvent, Recommendation, RecItem, Search
+from schemas.events import ITEM_EVENTS, ClickEvent, RecItem, Recommendation, Search
 from serving.features import FeatureWriter
 
 #: Event types after which a fresh list is published.
@@ -59,10 +59,8 @@ class ClickstreamProcessor:
         item = event.item_id
         weight = EVENT_WEIGHTS.get(kind, 1.0)
         self.model.learn_one(event.user_id, item, recent, weight)
-        if weight > 0:
-            new_recent = [*(i for i in recent if i != item), item][-self.recent_items :]
-        else:
-            new_recent = recent
+        keep = self.recent_items
+        new_recent = [*(i for i in recent if i != item), item][-keep:] if weight > 0 else recent
         self.features.update(
             "user",
             event.user_id,
@@ -77,10 +75,17 @@ class ClickstreamProcessor:
         self.features.update("item", item, set_=item_set, incr={f"n_{kind}": 1})
         if kind not in MEANINGFUL:
             return new_recent, None
-        return new_recent, self.recommend(event.user_id, new_recent, event_id=event.event_id, source_ts=event.ts)
+        return new_recent, self.recommend(
+            event.user_id, new_recent, event_id=event.event_id, source_ts=event.ts
+        )
 
     def recommend(
-        self, user_id: str, recent: list[str], event_id: str = "", source_ts: float | None = None, k: int | None = None
+        self,
+        user_id: str,
+        recent: list[str],
+        event_id: str = "",
+        source_ts: float | None = None,
+        k: int | None = None,
     ) -> Recommendation:
         """A recommendation for ``user_id`` from the current model."""
         scored = self.model.recommend(user_id, recent, k or self.k)

@@ -77,15 +77,15 @@ class RedisFeatureStore:
         for (kind, eid), up in updates.items():
             key = self.key(kind, eid)
             if up.set_:
-                pipe.hset(key, mapping=up.set_)
+                pipe.hset(key, mapping=up.set_)  # type: ignore[arg-type]
             for f, n in up.incr.items():
                 pipe.hincrby(key, f, n)
             pipe.expire(key, ttl_s)
         await pipe.execute()
 
     async def get(self, kind: str, entity_id: str) -> Features:
-        res: Features = await self.client.hgetall(self.key(kind, entity_id))
-        return res
+        res = await self.client.hgetall(self.key(kind, entity_id))
+        return dict(res)  # type: ignore[arg-type]
 
     async def get_many(self, kind: str, ids: list[str]) -> list[Features]:
         pipe = self.client.pipeline(transaction=False)
@@ -182,7 +182,9 @@ class FeatureWriter:
                 else:
                     merged = EntityUpdate()
                     merged.set_ = {**up.set_, **newer.set_}
-                    merged.incr = {f: up.incr.get(f, 0) + newer.incr.get(f, 0) for f in {*up.incr, *newer.incr}}
+                    merged.incr = {
+                        f: up.incr.get(f, 0) + newer.incr.get(f, 0) for f in {*up.incr, *newer.incr}
+                    }
                     self.pending[ent] = merged
             raise
         self.last_flush_s = time.perf_counter() - t0

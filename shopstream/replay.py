@@ -85,7 +85,10 @@ async def produce(
 
 
 async def produce_timed(
-    settings: Settings, rows: Iterable[tuple[float, Event]], speedup: float, limit: int | None = None,
+    settings: Settings,
+    rows: Iterable[tuple[float, Event]],
+    speedup: float,
+    limit: int | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
     """Replay timestamped events in order, ``speedup`` times faster than they happened."""

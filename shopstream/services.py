@@ -286,7 +286,9 @@ class Redis:
         )
         self.home.mkdir(parents=True, exist_ok=True)
         persist = (
-            ["--save", "60 1000", "--appendonly", "yes"] if self.persistent else ["--save", "", "--appendonly", "no"]
+            ["--save", "60 1000", "--appendonly", "yes"]
+            if self.persistent
+            else ["--save", "", "--appendonly", "no"]
         )
         proc = subprocess.run(
             [
@@ -397,7 +399,9 @@ async def create_topics(bootstrap: str, partitions: dict[str, int], replication:
         existing = set(await admin.list_topics())
         new = [
             NewTopic(
-                name=t, num_partitions=n, replication_factor=replication,
+                name=t,
+                num_partitions=n,
+                replication_factor=replication,
                 topic_configs={"max.message.bytes": str(MESSAGE_MAX_BYTES)},
             )
             for t, n in partitions.items()

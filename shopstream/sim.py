@@ -113,15 +113,33 @@ class SyntheticShop:
         cat = rng.choices(self.categories, weights=self.tastes[u])[0]
         key = user.encode()
         if rng.random() < 0.2:
-            yield T.CLICKS, key, _enc.encode(
-                {"type": "search", "event_id": self._eid(), "ts": self._tick(), "user_id": user,
-                 "session_id": sid, "query": f"{cat} best", "category": cat}
+            yield (
+                T.CLICKS,
+                key,
+                _enc.encode(
+                    {
+                        "type": "search",
+                        "event_id": self._eid(),
+                        "ts": self._tick(),
+                        "user_id": user,
+                        "session_id": sid,
+                        "query": f"{cat} best",
+                        "category": cat,
+                    }
+                ),
             )
         cart: list[Item] = []
         for _ in range(rng.randint(1, 8)):
             it = self._pick_item(cat if rng.random() < 0.8 else rng.choice(self.categories))
-            base = {"event_id": "", "ts": 0.0, "user_id": user, "session_id": sid, "item_id": it.item_id,
-                    "category": it.category, "price": it.price}
+            base = {
+                "event_id": "",
+                "ts": 0.0,
+                "user_id": user,
+                "session_id": sid,
+                "item_id": it.item_id,
+                "category": it.category,
+                "price": it.price,
+            }
             for kind, p in (("view", 1.0), ("click", 0.45), ("add_to_cart", 0.25)):
                 if rng.random() > p:
                     break
@@ -131,33 +149,85 @@ class SyntheticShop:
                     cart.append(it)
         if cart and rng.random() < 0.5:
             oid = f"o-{self.seed}-{next(self._orders):08d}"
-            lines = [{"sku": it.item_id, "qty": rng.randint(1, 3), "unit_price": it.price, "currency": "EUR",
-                      "category": it.category} for it in cart]
-            yield T.ORDERS, key, _enc.encode(
-                {"type": "order", "event_id": self._eid(), "ts": self._tick(), "order_id": oid, "user_id": user,
-                 "lines": lines, "warehouse": "main"}
+            lines = [
+                {
+                    "sku": it.item_id,
+                    "qty": rng.randint(1, 3),
+                    "unit_price": it.price,
+                    "currency": "EUR",
+                    "category": it.category,
+                }
+                for it in cart
+            ]
+            yield (
+                T.ORDERS,
+                key,
+                _enc.encode(
+                    {
+                        "type": "order",
+                        "event_id": self._eid(),
+                        "ts": self._tick(),
+                        "order_id": oid,
+                        "user_id": user,
+                        "lines": lines,
+                        "warehouse": "main",
+                    }
+                ),
             )
             if rng.random() < 0.15:
                 it = cart[0]
                 rating = rng.choices([1, 2, 3, 4, 5], weights=[1, 1, 2, 4, 6])[0]
-                yield T.REVIEWS, key, _enc.encode(
-                    {"type": "review", "event_id": self._eid(), "ts": self._tick(), "review_id": f"r-{oid}",
-                     "user_id": user, "sku": it.item_id, "rating": rating, "text": rng.choice(REVIEW_TEXT[rating])}
+                yield (
+                    T.REVIEWS,
+                    key,
+                    _enc.encode(
+                        {
+                            "type": "review",
+                            "event_id": self._eid(),
+                            "ts": self._tick(),
+                            "review_id": f"r-{oid}",
+                            "user_id": user,
+                            "sku": it.item_id,
+                            "rating": rating,
+                            "text": rng.choice(REVIEW_TEXT[rating]),
+                        }
+                    ),
                 )
             if rng.random() < 0.05:
-                intent, text = rng.choice(SUPPORT_TEXT)
-                yield T.CARE_MESSAGES, key, _enc.encode(
-                    {"type": "support_message", "event_id": self._eid(), "ts": self._tick(),
-                     "message_id": f"m-{oid}", "user_id": user, "conversation_id": f"conv-{oid}",
-                     "channel": "chat", "text": text.format(o=oid)}
+                _intent, text = rng.choice(SUPPORT_TEXT)
+                yield (
+                    T.CARE_MESSAGES,
+                    key,
+                    _enc.encode(
+                        {
+                            "type": "support_message",
+                            "event_id": self._eid(),
+                            "ts": self._tick(),
+                            "message_id": f"m-{oid}",
+                            "user_id": user,
+                            "conversation_id": f"conv-{oid}",
+                            "channel": "chat",
+                            "text": text.format(o=oid),
+                        }
+                    ),
                 )
         if rng.random() < self.ad_share:
             yield from self._auction(user)
         if rng.random() < 0.02:
             it = rng.choice(self.items)
-            yield T.INVENTORY, it.item_id.encode(), _enc.encode(
-                {"type": "receipt", "event_id": self._eid(), "ts": self._tick(), "sku": it.item_id,
-                 "warehouse": "main", "qty": rng.randint(10, 200)}
+            yield (
+                T.INVENTORY,
+                it.item_id.encode(),
+                _enc.encode(
+                    {
+                        "type": "receipt",
+                        "event_id": self._eid(),
+                        "ts": self._tick(),
+                        "sku": it.item_id,
+                        "warehouse": "main",
+                        "qty": rng.randint(10, 200),
+                    }
+                ),
             )
 
     def _auction(self, user: str) -> Iterator[Event]:
@@ -165,27 +235,61 @@ class SyntheticShop:
         rid = f"req-{self._eid()}"
         w, h = rng.choice([(300, 250), (728, 90), (320, 50)])
         req = {
-            "id": rid, "tmax": 120, "cur": ["EUR"], "at": 2,
-            "imp": [{"id": "1", "banner": {"w": w, "h": h}, "bidfloor": round(rng.uniform(0.1, 1.0), 2),
-                     "bidfloorcur": "EUR"}],
-            "site": {"id": "shop-site", "domain": "shop.example", "cat": ["IAB22"], "page": "https://shop.example/"},
-            "device": {"devicetype": rng.choice([1, 2, 4]), "os": rng.choice(["iOS", "Android", "Linux"]),
-                       "geo": {"country": rng.choice(["DEU", "FRA", "NLD"])}},
+            "id": rid,
+            "tmax": 120,
+            "cur": ["EUR"],
+            "at": 2,
+            "imp": [
+                {
+                    "id": "1",
+                    "banner": {"w": w, "h": h},
+                    "bidfloor": round(rng.uniform(0.1, 1.0), 2),
+                    "bidfloorcur": "EUR",
+                }
+            ],
+            "site": {
+                "id": "shop-site",
+                "domain": "shop.example",
+                "cat": ["IAB22"],
+                "page": "https://shop.example/",
+            },
+            "device": {
+                "devicetype": rng.choice([1, 2, 4]),
+                "os": rng.choice(["iOS", "Android", "Linux"]),
+                "geo": {"country": rng.choice(["DEU", "FRA", "NLD"])},
+            },
             "user": {"id": user},
         }
         key = user.encode()
         yield T.BID_REQUESTS, key, _enc.encode(req)
         if rng.random() < 0.4:
             camp = f"camp-{rng.randrange(5)}"
-            base = {"request_id": rid, "imp_id": "1", "campaign_id": camp, "creative_id": f"{camp}-cr1",
-                    "user_id": user}
-            yield T.AD_EVENTS, rid.encode(), _enc.encode(
-                dict(base, type="impression", event_id=self._eid(), ts=self._tick(),
-                     price=round(rng.uniform(0.2, 2.0), 3))
+            base = {
+                "request_id": rid,
+                "imp_id": "1",
+                "campaign_id": camp,
+                "creative_id": f"{camp}-cr1",
+                "user_id": user,
+            }
+            yield (
+                T.AD_EVENTS,
+                rid.encode(),
+                _enc.encode(
+                    dict(
+                        base,
+                        type="impression",
+                        event_id=self._eid(),
+                        ts=self._tick(),
+                        price=round(rng.uniform(0.2, 2.0), 3),
+                    )
+                ),
             )
             if rng.random() < 0.03:
-                yield T.AD_EVENTS, rid.encode(), _enc.encode(dict(base, type="ad_click", event_id=self._eid(),
-                                                                  ts=self._tick()))
+                yield (
+                    T.AD_EVENTS,
+                    rid.encode(),
+                    _enc.encode(dict(base, type="ad_click", event_id=self._eid(), ts=self._tick())),
+                )
 
     def events(self) -> Iterator[Event]:
         """An endless stream of sessions' events."""
@@ -212,6 +316,11 @@ def movielens_clicks(path: str) -> Iterator[tuple[float, Event]]:
     rows.sort()
     for n, (ts, user, item, rating) in enumerate(rows):
         kind = "add_to_cart" if rating >= 4 else "click"
-        ev = {"type": kind, "event_id": f"ml-{n:07d}", "ts": float(ts), "user_id": f"ml-u{user}",
-              "item_id": f"ml-i{item}"}
-        yield float(ts), (T.CLICKS, ev["user_id"].encode(), _enc.encode(ev))
+        ev = {
+            "type": kind,
+            "event_id": f"ml-{n:07d}",
+            "ts": float(ts),
+            "user_id": f"ml-u{user}",
+            "item_id": f"ml-i{item}",
+        }
+        yield float(ts), (T.CLICKS, f"ml-u{user}".encode(), _enc.encode(ev))

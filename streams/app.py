@@ -140,14 +140,13 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
     app.shopstream = runtime  # type: ignore[attr-defined]
 
     flusher = FeatureFlusher(runtime)
-    app.service(flusher)
+    app.service(flusher)  # type: ignore[arg-type]
 
     clicks_topic = app.topic(topics.clicks, partitions=settings.partitions, value_serializer="raw")
     recs_topic = app.topic(topics.recommendations, value_serializer="raw")
-    recent_items = app.Table(
-        "recent-items", default=list, partitions=settings.partitions
-    )
+    recent_items = app.Table("recent-items", default=list, partitions=settings.partitions)
     runtime.extra["recent_items"] = recent_items
+    runtime.extra["recs_topic"] = recs_topic
     click_codec: Codec[ClickEvent] = Codec(ClickEvent, settings.max_event_bytes)
 
     in_clicks = metrics.events_in.labels(topic=topics.clicks)

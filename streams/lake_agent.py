@@ -61,7 +61,10 @@ def register_lake(app: faust.App, runtime: Runtime) -> None:
     """Add the archive agent and its roll timer to ``app``."""
     settings = runtime.settings
     writer = LakeWriter(
-        settings.lake_dir, runtime.worker_name, max_rows=settings.lake_max_rows, max_age_s=settings.lake_max_age_s
+        settings.lake_dir,
+        runtime.worker_name,
+        max_rows=settings.lake_max_rows,
+        max_age_s=settings.lake_max_age_s,
     )
     archive_state = LakeArchive(writer, runtime)
     runtime.extra["lake"] = archive_state
@@ -71,7 +74,7 @@ def register_lake(app: faust.App, runtime: Runtime) -> None:
     async def archive(stream: faust.StreamT) -> None:
         """Buffer raw input messages and roll them into Parquet files."""
         writer.recover()
-        s = stream.noack()
+        s = stream.noack()  # type: ignore[attr-defined]
         archive_state.stream = s
         async for events in s.take_events(1000, within=1.0):
             for event in events:

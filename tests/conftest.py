@@ -41,9 +41,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Kafka, 
 
 
 @pytest.fixture
-def settings_factory(
-    services: tuple[Kafka, Redis], tmp_path: Path
-) -> Callable[..., Settings]:
+def settings_factory(services: tuple[Kafka, Redis], tmp_path: Path) -> Callable[..., Settings]:
     kafka, redis = services
 
     def make(**overrides: object) -> Settings:

@@ -83,7 +83,9 @@ def test_every_click_gets_one_recommendation_and_features_reach_redis(settings_f
     end = time.monotonic() + 15
     while time.monotonic() < end:
         hashes = [client.hgetall(f"{settings.redis_prefix}user:{u}") for u in deadline_users]
-        if all(int(h.get("n_events", 0)) == n_by_user[u] for u, h in zip(deadline_users, hashes, strict=True)):
+        if all(
+            int(h.get("n_events", 0)) == n_by_user[u] for u, h in zip(deadline_users, hashes, strict=True)
+        ):
             break
         time.sleep(0.2)
     for u, h in zip(deadline_users, hashes, strict=True):
@@ -128,9 +130,16 @@ def make_bad(rng: random.Random) -> list[tuple[str, bytes]]:
         del ev["item_id"]
         bad.append(("missing_field", enc.encode(ev)))
     for i in range(BAD_KINDS["too_large"]):
-        bad.append(("too_large", enc.encode(dict(good, event_id=f"bad-l{i}", item_id="i" * (2 * 1024 * 1024)))))
+        bad.append(
+            ("too_large", enc.encode(dict(good, event_id=f"bad-l{i}", item_id="i" * (2 * 1024 * 1024))))
+        )
     for i in range(BAD_KINDS["invalid_utf8"]):
-        bad.append(("invalid_utf8", enc.encode(dict(good, event_id=f"bad-u{i}")).replace(b"user-bad", b"user-\xff\xfe")))
+        bad.append(
+            (
+                "invalid_utf8",
+                enc.encode(dict(good, event_id=f"bad-u{i}")).replace(b"user-bad", b"user-\xff\xfe"),
+            )
+        )
     for i in range(BAD_KINDS["unknown_event_type"]):
         bad.append(("unknown_event_type", enc.encode(dict(good, event_id=f"bad-k{i}", type="teleport"))))
     return bad

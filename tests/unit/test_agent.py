@@ -1,0 +1,47 @@
+"""The recommend agent under Faust's ``agent.test_context()``: no broker, no Redis."""
+
+from __future__ import annotations
+
+import msgspec
+
+from schemas.events import DEAD_LETTER_CODEC, RECOMMENDATION_CODEC
+from shopstream.settings import Settings
+from streams.app import create_app
+
+
+class Collector:
+    """Stands in for a topic's ``send`` and keeps what was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes | None, bytes]] = []
+
+    async def send(self, key=None, value=None, headers=None, **kw):  # type: ignore[no-untyped-def]
+        self.sent.append((key, value))
+
+
+async def test_agent_recommends_and_dead_letters(tmp_path):
+    settings = Settings.from_env({}, data_dir=tmp_path / "d", lake_dir=tmp_path / "lake")
+    app = create_app(settings, worker_name="unit")
+    app.finalize()
+    app.conf.store = "memory://"
+    rt = app.shopstream  # type: ignore[attr-defined]
+    recs, dlq = Collector(), Collector()
+    rt.extra["recs_topic"].send = recs.send
+    rt.dlq._topics[rt.topics.clicks] = dlq
+    agent = rt.extra["recommend_agent"]
+    enc = msgspec.json.Encoder()
+    async with agent.test_context() as ctx:
+        for n, item in enumerate(["a", "b", "a", "c"]):
+            ev = {"type": "click", "event_id": f"e{n}", "ts": 1.0 + n, "user_id": "u1", "item_id": item}
+            await ctx.put(enc.encode(ev), key=b"u1")
+        await ctx.put(b'{"type":"click"', key=b"u1")
+        await ctx.put(enc.encode({"type": "warp", "event_id": "x", "ts": 1}), key=b"u1")
+    assert [RECOMMENDATION_CODEC.decode(v).event_id for _, v in recs.sent] == ["e0", "e1", "e2", "e3"]
+    assert all(k == b"u1" for k, _ in recs.sent)
+    last = RECOMMENDATION_CODEC.decode(recs.sent[-1][1])
+    assert "c" not in {i.item_id for i in last.items}
+    assert rt.extra["recent_items"]["u1"] == ["b", "a", "c"]
+    letters = [DEAD_LETTER_CODEC.decode(v) for _, v in dlq.sent]
+    assert [d.reason for d in letters] == ["malformed_json", "unknown_event_type"]
+    assert letters[0].original == b'{"type":"click"'
+    assert rt.features.pending[("user", "u1")].incr["n_events"] == 4
