@@ -16,7 +16,7 @@ def _services(settings: Settings, persistent: bool = False):  # type: ignore[no-
 
     kport = int(settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)[1])
     r = urlparse(settings.redis_url)
-    home = settings.services_dir
+    home = settings.services_dir.resolve()
     return (
         Kafka(home / "kafka", port=kport, controller_port=settings.kafka_controller_port),
         Redis(home / "redis", port=r.port or 6379, persistent=persistent),

@@ -22,8 +22,8 @@ from schemas.events import (
     Adjustment,
     Conversion,
     Order,
-    Recommendation,
     RecItem,
+    Recommendation,
     Search,
 )
 from schemas.topics import INPUTS, OUTPUTS, Topics, dlq_name

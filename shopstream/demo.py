@@ -1,0 +1,162 @@
+"""``make demo``: local services, a worker, the synthetic shop replayed, live recommendations."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from pathlib import Path
+
+from shopstream.settings import Settings
+
+
+async def tail(settings: Settings, topic: str, count: int) -> None:
+    """Print ``count`` new messages of ``topic``."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        settings.topic_prefix + topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="latest"
+    )
+    await consumer.start()
+    try:
+        n = 0
+        async for msg in consumer:
+            print(msg.value.decode(errors="replace"))
+            n += 1
+            if n >= count:
+                break
+    finally:
+        await consumer.stop()
+
+
+def _fmt_rec(value: bytes) -> str:
+    from schemas.events import RECOMMENDATION_CODEC
+
+    rec = RECOMMENDATION_CODEC.decode(value)
+    items = ", ".join(f"{i.item_id}({i.reason.replace('together_with:', '+')})" for i in rec.items[:4])
+    return f"  {rec.user_id:>10} -> {items}{' ...' if len(rec.items) > 4 else ''}"
+
+
+async def _watch(settings: Settings, worker, stop: asyncio.Event, started: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Print live recommendations and rates until ``stop`` is set."""
+    from aiokafka import AIOKafkaConsumer
+
+    from shopstream.procs import metric_value
+
+    consumer = AIOKafkaConsumer(
+        settings.topic_prefix + "shop.recommendations.v1",
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="latest",
+    )
+    await consumer.start()
+    recs = 0
+    last_print = time.monotonic()
+    last_in = 0.0
+    last_t = time.monotonic()
+    stats = {"recs": 0.0, "events_in": 0.0, "dlq": 0.0}
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=250, max_records=2000)
+            msgs = [m for ms in batch.values() for m in ms]
+            recs += len(msgs)
+            now = time.monotonic()
+            if now - last_print >= 2.0:
+                text = await asyncio.to_thread(worker.metrics_text)
+                ev_in = metric_value(text, "shopstream_events_in_total")
+                lake = metric_value(text, "shopstream_lake_rows_total")
+                dlq = metric_value(text, "shopstream_dlq_events_total")
+                rate = (ev_in - last_in) / (now - last_t) if now > last_t else 0.0
+                last_in, last_t = ev_in, now
+                print(
+                    f"[{now - started:6.1f}s] processed {ev_in:,.0f} clicks ({rate:,.0f}/s) | "
+                    f"recommendations {recs:,} | lake rows {lake:,.0f} | dead letters {dlq:,.0f}",
+                    flush=True,
+                )
+                for m in msgs[-3:]:
+                    print(_fmt_rec(m.value), flush=True)
+                last_print = now
+                stats.update(recs=recs, events_in=ev_in, dlq=dlq)
+    finally:
+        await consumer.stop()
+    return stats
+
+
+def run_demo(
+    settings: Settings, duration: float = 0.0, rate: float = 500.0, seed: int = 0, keep: bool = False
+) -> int:
+    """Run the demo; returns the exit code."""
+    from shopstream.cli import _services
+    from shopstream.procs import WorkerProcess
+    from shopstream.replay import produce
+    from shopstream.sim import SyntheticShop
+    from streams.app import ensure_topics
+
+    t0 = time.monotonic()
+    print(
+        "== shopstream demo ==  (Ctrl-C to stop"
+        + (f"; stops after {duration:.0f}s" if duration else "")
+        + ")"
+    )
+    kafka, redis = _services(settings, persistent=True)
+    redis.start()
+    kafka.start()
+    created = asyncio.run(ensure_topics(settings))
+    print(f"topics: {len(created)} created, {settings.partitions} partitions each")
+    log = Path(settings.services_dir).parent / "demo-worker.log"
+    worker = WorkerProcess(settings, "demo-1", log).start()
+    print(f"worker: starting (log {log}) ...", flush=True)
+    stopping = {"flag": False}
+
+    def on_signal(signum, frame):  # type: ignore[no-untyped-def]
+        stopping["flag"] = True
+
+    old = signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    code = 0
+    try:
+        h = worker.wait_ready(timeout=120, topic=settings.topic_prefix + "shop.clicks.v1")
+        print(f"worker: ready, owns {len(h['assigned'])} partitions; metrics at {worker.url}/metrics")
+        print(f"replay: synthetic shop, seed {seed}, {rate:.0f} events/s", flush=True)
+
+        async def main() -> dict[str, float]:
+            stop = asyncio.Event()
+            started = time.monotonic()
+            shop = SyntheticShop(seed=seed)
+
+            async def stopper() -> None:
+                while not stopping["flag"] and (not duration or time.monotonic() - t0 < duration):
+                    if not worker.alive():
+                        raise RuntimeError("the worker died; see " + str(log))
+                    await asyncio.sleep(0.2)
+                stop.set()
+
+            replay = asyncio.create_task(produce(settings, shop.events(), rate=rate, progress=False))
+            watch = asyncio.create_task(_watch(settings, worker, stop, started))
+            await stopper()
+            replay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await replay
+            return await watch
+
+        stats = asyncio.run(main())
+        took = time.monotonic() - t0
+        print(
+            f"== done in {took:.0f}s: {stats['events_in']:,.0f} clicks processed, "
+            f"{stats['recs']:,.0f} recommendations, {stats['dlq']:,.0f} dead letters =="
+        )
+        if stats["recs"] <= 0:
+            print("error: no recommendations were produced", file=sys.stderr)
+            code = 1
+    except Exception as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        signal.signal(signal.SIGINT, old)
+        print("stopping worker ...", flush=True)
+        worker.stop(timeout=30)
+        if not keep:
+            kafka.stop()
+            redis.stop()
+    return code
