@@ -120,6 +120,11 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         key_serializer="raw",
         value_serializer="json",
         processing_guarantee="at_least_once",
+        # Messages sent while processing an event are attached to its offset and
+        # published (and their delivery awaited) before that offset is committed:
+        # without this a kill -9 can commit offsets whose outputs were still in the
+        # producer buffer (the restart test saw 26 of 8,000 lost).
+        stream_publish_on_commit=True,
         stream_wait_empty=False,
         table_cleanup_interval=60.0,
     )
