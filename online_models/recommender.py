@@ -44,6 +44,10 @@ EVENT_WEIGHTS: dict[str, float] = {
 }
 
 
+def _second(kv: tuple[str, float]) -> float:
+    return kv[1]
+
+
 @dataclass(frozen=True, slots=True)
 class Scored:
     """A recommended item, its score and the reason code."""
@@ -81,7 +85,7 @@ class CoVisitationRecommender(base.Base):
         n_factors: int = 16,
         window: int = 5,
         max_neighbours: int = 100,
-        n_candidates: int = 30,
+        n_candidates: int = 20,
         mf_weight: float = 0.3,
         popular_size: int = 50,
         decay: float = 0.98,
@@ -138,17 +142,18 @@ class CoVisitationRecommender(base.Base):
     def _neighbours(self, item: str) -> list[tuple[str, float]]:
         """The item's strongest co-visited items with their share of its co-visits.
 
-        Cached, and recomputed after 10 new co-visits of the item.
+        Cached, and recomputed after 10 (or a quarter of its neighbour count) new co-visits.
         """
         cached = self._top.get(item)
-        if cached is not None and cached[0] < 10:
+        if cached is not None and cached[0] < cached[2]:
             return cached[1]
         nb = self.covis.get(item)
         if not nb:
             return []
         total = sum(nb.values()) or 1.0
-        top = [(o, c / total) for o, c in heapq.nlargest(self.n_candidates, nb.items(), key=lambda kv: kv[1])]
-        self._top[item] = [0, top]
+        top = [(o, c / total) for o, c in heapq.nlargest(self.n_candidates, nb.items(), key=_second)]
+        # Busy items change their top list slowly: refresh after a share of their co-visits.
+        self._top[item] = [0, top, max(10, len(nb) // 4)]
         return top
 
     def _bump(self, a: str, b: str, w: float) -> None:
@@ -160,7 +165,7 @@ class CoVisitationRecommender(base.Base):
             nb = self.covis[a] = {}
         nb[b] = nb.get(b, 0.0) + w
         if len(nb) > 2 * self.max_neighbours:
-            keep = heapq.nlargest(self.max_neighbours, nb.items(), key=lambda kv: kv[1])
+            keep = heapq.nlargest(self.max_neighbours, nb.items(), key=_second)
             self.covis[a] = dict(keep)
 
     def _mf_scores(self, user: str, items: list[str]) -> list[float]:
@@ -183,7 +188,7 @@ class CoVisitationRecommender(base.Base):
         # Refresh every 500 events, and more often while the catalogue is young.
         if self._popular_at < 0 or self.n_events - self._popular_at >= min(500, max(1, self.n_events // 4)):
             self._popular = [
-                i for i, _ in heapq.nlargest(self.popular_size, self.popularity.items(), key=lambda kv: kv[1])
+                i for i, _ in heapq.nlargest(self.popular_size, self.popularity.items(), key=_second)
             ]
             self._popular_at = self.n_events
         return self._popular
@@ -214,12 +219,11 @@ class CoVisitationRecommender(base.Base):
                     scores[other] = prev + s
         ranked: list[Scored] = []
         if scores:
-            top = heapq.nlargest(self.n_candidates, scores.items(), key=lambda kv: kv[1])
+            top = heapq.nlargest(self.n_candidates, scores.items(), key=_second)
             mf_scores = self._mf_scores(user, [item for item, _ in top])
-            for (item, s), m in zip(top, mf_scores, strict=True):
-                ranked.append(Scored(item, s + self.mf_weight * m, f"together_with:{because[item]}"))
-            ranked.sort(key=lambda r: r.score, reverse=True)
-            ranked = ranked[:k]
+            w = self.mf_weight
+            best = heapq.nlargest(k, ((s + w * m, item) for (item, s), m in zip(top, mf_scores, strict=True)))
+            ranked = [Scored(item, score, f"together_with:{because[item]}") for score, item in best]
         if len(ranked) < k:
             have = {r.item_id for r in ranked}
             for item in self.popular():

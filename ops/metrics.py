@@ -30,6 +30,9 @@ class Metrics:
         self.events_out = Counter(
             "shopstream_events_out", "Output messages sent, by topic.", ["topic"], registry=r
         )
+        self.produce_errors = Counter(
+            "shopstream_produce_errors", "Output messages whose delivery to Kafka failed.", registry=r
+        )
         self.dlq = Counter(
             "shopstream_dlq_events",
             "Messages sent to a dead-letter topic, by source topic and reason.",
@@ -39,13 +42,6 @@ class Metrics:
         self.processing = Histogram(
             "shopstream_processing_seconds",
             "Time to process one input message, by agent.",
-            ["agent"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.event_age = Histogram(
-            "shopstream_event_age_seconds",
-            "Age of an event (now - event ts) when its output is sent, by agent.",
             ["agent"],
             buckets=LATENCY_BUCKETS,
             registry=r,

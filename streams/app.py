@@ -37,8 +37,8 @@ from serving.clickstream import ClickstreamProcessor
 from serving.features import FeatureWriter, RedisFeatureStore
 from shopstream.services import MESSAGE_MAX_BYTES
 from shopstream.settings import Settings
-from streams.dlq import DeadLetterSink
-from streams.lake_agent import register_lake
+from streams.archive import LakeArchiver
+from streams.dlq import DeadLetterSink, Publish
 
 
 @dataclass
@@ -53,6 +53,8 @@ class Runtime:
     processor: ClickstreamProcessor
     dlq: DeadLetterSink
     worker_name: str
+    #: Hands a message to the producer; returns its delivery future (tests replace it).
+    publish: Publish
     started_at: float = field(default_factory=time.time)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -120,11 +122,6 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         key_serializer="raw",
         value_serializer="json",
         processing_guarantee="at_least_once",
-        # Messages sent while processing an event are attached to its offset and
-        # published (and their delivery awaited) before that offset is committed:
-        # without this a kill -9 can commit offsets whose outputs were still in the
-        # producer buffer (the restart test saw 26 of 8,000 lost).
-        stream_publish_on_commit=True,
         stream_wait_empty=False,
         table_cleanup_interval=60.0,
     )
@@ -132,6 +129,26 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
     metrics = Metrics()
     store = RedisFeatureStore(settings.redis_url, settings.redis_prefix)
     features = FeatureWriter(store, ttl_s=settings.feature_ttl_s)
+
+    async def publish(
+        topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> Any:
+        # The producer directly: Faust's Topic.send wraps each message in several
+        # objects, which cost more than building the recommendation itself.
+        delivery = await app.producer.send(topic, key, value, None, None, headers)
+        delivery.add_done_callback(on_delivery)  # type: ignore[attr-defined]
+        return delivery
+
+    def on_delivery(fut: asyncio.Future) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            metrics.produce_errors.inc()
+            app.log.error("message delivery failed: %r", None if fut.cancelled() else fut.exception())
+
+    async def publish_via_runtime(
+        topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> Any:
+        return await runtime.publish(topic, key, value, headers)
+
     runtime = Runtime(
         settings=settings,
         metrics=metrics,
@@ -139,8 +156,9 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         features=features,
         store=store,
         processor=ClickstreamProcessor(features, k=settings.recs_k, recent_items=settings.recent_items),
-        dlq=DeadLetterSink(app, metrics, worker=name),
+        dlq=DeadLetterSink(publish_via_runtime, metrics, worker=name),
         worker_name=name,
+        publish=publish,
     )
     app.shopstream = runtime  # type: ignore[attr-defined]
 
@@ -148,20 +166,23 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
     app.service(flusher)  # type: ignore[arg-type]
 
     clicks_topic = app.topic(topics.clicks, partitions=settings.partitions, value_serializer="raw")
-    recs_topic = app.topic(topics.recommendations, value_serializer="raw")
+    recs_name = topics.recommendations
     recent_items = app.Table("recent-items", default=list, partitions=settings.partitions)
     runtime.extra["recent_items"] = recent_items
-    runtime.extra["recs_topic"] = recs_topic
     click_codec: Codec[ClickEvent] = Codec(ClickEvent, settings.max_event_bytes)
 
     in_clicks = metrics.events_in.labels(topic=topics.clicks)
     out_recs = metrics.events_out.labels(topic=topics.recommendations)
     proc_time = metrics.processing.labels(agent="recommend")
-    age = metrics.event_age.labels(agent="recommend")
 
     @app.agent(clicks_topic, name="recommend")
     async def recommend(stream: faust.StreamT) -> None:
-        """Clickstream → recent-items table, online model, features → recommendations."""
+        """Clickstream → recent-items table, online model, features → recommendations.
+
+        Outputs are handed to the producer without waiting for their delivery;
+        Faust flushes the producer before it commits offsets, so a crash can
+        repeat outputs but never lose them (at-least-once).
+        """
         processor = runtime.processor
         async for event in stream.events():
             t0 = time.perf_counter()
@@ -178,16 +199,18 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
             if new_recent is not recent:
                 recent_items[user] = new_recent
             if rec is not None:
-                await recs_topic.send(key=user.encode(), value=encode(rec))
+                await runtime.publish(recs_name, user.encode(), encode(rec), None)
                 out_recs.inc()
-                age.observe(max(0.0, time.time() - ev.ts))
             proc_time.observe(time.perf_counter() - t0)
             if runtime.features.full:
                 await flusher.flush_once()
 
     runtime.extra["recommend_agent"] = recommend
 
-    register_lake(app, runtime)
+    if settings.archive:
+        archiver = LakeArchiver(runtime)
+        runtime.extra["archiver"] = archiver
+        app.service(archiver)  # type: ignore[arg-type]
     _register_views(app, runtime)
     return app
 
@@ -231,4 +254,8 @@ def run_worker(settings: Settings, worker_name: str | None = None) -> None:
     from faust.worker import Worker
 
     worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
+    # Faust's terminal spinner lowers the root logger to DEBUG (to spin on every
+    # record), which makes every logger.debug() call build a record: ~9% of a
+    # busy worker's CPU. A worker here logs to a file, so no spinner.
+    worker.spinner = None
     worker.execute_from_commandline()

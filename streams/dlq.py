@@ -8,12 +8,17 @@ Kafka headers repeat the reason and origin for tools that read only headers.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ops.metrics import Metrics
 from schemas.codec import encode
 from schemas.errors import SchemaError
 from schemas.events import DeadLetter
+from schemas.topics import dlq_name
+
+#: Hands one message to the producer: (topic, key, value, headers) -> delivery future.
+Publish = Callable[[str, bytes | None, bytes, list[tuple[str, bytes]] | None], Awaitable[Any]]
 
 
 def dead_letter(
@@ -51,24 +56,15 @@ def dead_letter(
 
 
 class DeadLetterSink:
-    """Sends dead letters through Faust topics and counts them by reason."""
+    """Sends dead letters to ``<topic>.dlq`` and counts them by reason."""
 
-    def __init__(self, app: Any, metrics: Metrics, worker: str = "") -> None:
-        self.app = app
+    def __init__(self, publish: Publish, metrics: Metrics, worker: str = "") -> None:
+        self.publish = publish
         self.metrics = metrics
         self.worker = worker
-        self._topics: dict[str, Any] = {}
 
-    def _topic(self, source: str) -> Any:
-        t = self._topics.get(source)
-        if t is None:
-            t = self._topics[source] = self.app.topic(
-                f"{source}.dlq", key_serializer="raw", value_serializer="raw", internal=False
-            )
-        return t
-
-    async def send(self, error: SchemaError, message: Any) -> None:
-        """Dead-letter a Faust ``Message`` (topic, partition, offset, key, value)."""
+    async def send(self, error: SchemaError, message: Any) -> Any:
+        """Dead-letter a Faust ``Message``; return the delivery future to await."""
         dl = dead_letter(
             error,
             topic=message.topic,
@@ -78,9 +74,10 @@ class DeadLetterSink:
             key=message.key,
             worker=self.worker,
         )
-        headers = {
-            "dlq.reason": error.reason.encode(),
-            "dlq.source": f"{message.topic}/{message.partition}/{message.offset}".encode(),
-        }
-        await self._topic(message.topic).send(key=message.key, value=encode(dl), headers=headers)
+        headers = [
+            ("dlq.reason", error.reason.encode()),
+            ("dlq.source", f"{message.topic}/{message.partition}/{message.offset}".encode()),
+        ]
+        delivery = await self.publish(dlq_name(message.topic), message.key, encode(dl), headers)
         self.metrics.dlq.labels(topic=message.topic, reason=error.reason).inc()
+        return delivery

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 
 from schemas.events import DEAD_LETTER_CODEC, RECOMMENDATION_CODEC
@@ -10,13 +12,16 @@ from streams.app import create_app
 
 
 class Collector:
-    """Stands in for a topic's ``send`` and keeps what was sent."""
+    """Stands in for the producer and keeps what was sent."""
 
     def __init__(self) -> None:
-        self.sent: list[tuple[bytes | None, bytes]] = []
+        self.sent: list[tuple[str, bytes | None, bytes]] = []
 
-    async def send(self, key=None, value=None, headers=None, **kw):  # type: ignore[no-untyped-def]
-        self.sent.append((key, value))
+    async def publish(self, topic, key, value, headers=None):  # type: ignore[no-untyped-def]
+        self.sent.append((topic, key, value))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
 
 async def test_agent_recommends_and_dead_letters(tmp_path):
@@ -25,9 +30,8 @@ async def test_agent_recommends_and_dead_letters(tmp_path):
     app.finalize()
     app.conf.store = "memory://"
     rt = app.shopstream  # type: ignore[attr-defined]
-    recs, dlq = Collector(), Collector()
-    rt.extra["recs_topic"].send = recs.send
-    rt.dlq._topics[rt.topics.clicks] = dlq
+    out = Collector()
+    rt.publish = out.publish
     agent = rt.extra["recommend_agent"]
     enc = msgspec.json.Encoder()
     async with agent.test_context() as ctx:
@@ -36,12 +40,15 @@ async def test_agent_recommends_and_dead_letters(tmp_path):
             await ctx.put(enc.encode(ev), key=b"u1")
         await ctx.put(b'{"type":"click"', key=b"u1")
         await ctx.put(enc.encode({"type": "warp", "event_id": "x", "ts": 1}), key=b"u1")
-    assert [RECOMMENDATION_CODEC.decode(v).event_id for _, v in recs.sent] == ["e0", "e1", "e2", "e3"]
-    assert all(k == b"u1" for k, _ in recs.sent)
-    last = RECOMMENDATION_CODEC.decode(recs.sent[-1][1])
+    recs = [(k, v) for t, k, v in out.sent if t == "shop.recommendations.v1"]
+    dlq = [(k, v) for t, k, v in out.sent if t == "shop.clicks.v1.dlq"]
+    assert len(recs) + len(dlq) == len(out.sent)
+    assert [RECOMMENDATION_CODEC.decode(v).event_id for _, v in recs] == ["e0", "e1", "e2", "e3"]
+    assert all(k == b"u1" for k, _ in recs)
+    last = RECOMMENDATION_CODEC.decode(recs[-1][1])
     assert "c" not in {i.item_id for i in last.items}
     assert rt.extra["recent_items"]["u1"] == ["b", "a", "c"]
-    letters = [DEAD_LETTER_CODEC.decode(v) for _, v in dlq.sent]
+    letters = [DEAD_LETTER_CODEC.decode(v) for _, v in dlq]
     assert [d.reason for d in letters] == ["malformed_json", "unknown_event_type"]
     assert letters[0].original == b'{"type":"click"'
     assert rt.features.pending[("user", "u1")].incr["n_events"] == 4
