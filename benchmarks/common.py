@@ -128,36 +128,27 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def _git(*args: str) -> str | None:
+    """Output of ``git ARGS`` in the repository, or None when git fails."""
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return str(out)
+
+
 def git_commit() -> str:
     """Return ``git rev-parse HEAD`` for the repository, with ``+dirty`` if the tree has changes.
 
     Returns ``"unknown"`` when git is missing or this is not a checkout.
     """
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    head = (_git("rev-parse", "HEAD") or "").strip()
     if not head:
         return "unknown"
-    try:
-        status = subprocess.run(
-            ["git", "status", "--porcelain"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return head
-    return f"{head}+dirty" if status.strip() else head
+    status = _git("status", "--porcelain")
+    return f"{head}+dirty" if status and status.strip() else head
 
 
 def target(value: float, target: float, op: str) -> dict[str, Any]:

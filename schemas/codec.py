@@ -87,10 +87,17 @@ class Codec(Generic[T]):
         if len(data) > self.max_bytes:
             raise SchemaError("too_large", f"{len(data)} bytes exceeds the limit of {self.max_bytes}")
         try:
-            value: T = self._decoder.decode(data)
-        except Exception as exc:  # msgspec and UnicodeDecodeError; classified below
-            raise classify(exc) from None
+            return self._decode(data)
+        except Exception as exc:  # msgspec, UnicodeDecodeError, ...; classified below
+            raise self._classify(exc) from None
+
+    def _decode(self, data: bytes | bytearray | memoryview) -> T:
+        """Parse and validate (size already checked); subclasses may keep more."""
+        value: T = self._decoder.decode(data)
         return value
+
+    def _classify(self, exc: Exception) -> SchemaError:
+        return classify(exc)
 
     @staticmethod
     def encode(obj: Any) -> bytes:

@@ -41,11 +41,11 @@ import re
 import types
 import typing
 from enum import IntEnum
-from typing import Annotated, Any, Generic, TypeVar, Union
+from typing import Annotated, Any, TypeVar, Union
 
 import msgspec
 
-from schemas.codec import DEFAULT_MAX_BYTES, classify
+from schemas.codec import DEFAULT_MAX_BYTES, Codec, classify
 from schemas.errors import SchemaError
 
 OPENRTB_VERSION = "2.6"
@@ -877,7 +877,7 @@ def _classify(exc: Exception) -> SchemaError:
     return err
 
 
-class OpenRTBCodec(Generic[T]):
+class OpenRTBCodec(Codec[T]):
     """Strict, size-limited JSON codec for an OpenRTB top-level object that keeps unknown fields.
 
     Parameters
@@ -905,25 +905,19 @@ class OpenRTBCodec(Generic[T]):
     """
 
     def __init__(self, type_: type[T], max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self.type = type_
-        self.max_bytes = max_bytes
+        super().__init__(type_, max_bytes)
         self._plan = _plan(type_)
 
-    def decode(self, data: bytes | bytearray | memoryview | None) -> T:
-        """Decode and validate one message, keeping its unknown fields."""
-        if data is None or len(data) == 0:
-            raise SchemaError("empty", "empty message")
-        if len(data) > self.max_bytes:
-            raise SchemaError("too_large", f"{len(data)} bytes exceeds the limit of {self.max_bytes}")
-        try:
-            raw = _decode_json(data)
-            obj: T = msgspec.convert(raw, self.type, strict=True)
-            _collect(raw, obj, self._plan)
-        except Exception as exc:  # msgspec, UnicodeDecodeError, RecursionError; classified
-            raise _classify(exc) from None
+    def _decode(self, data: bytes | bytearray | memoryview) -> T:
+        raw = _decode_json(data)
+        obj: T = msgspec.convert(raw, self.type, strict=True)
+        _collect(raw, obj, self._plan)
         return obj
 
-    def encode(self, obj: T) -> bytes:
+    def _classify(self, exc: Exception) -> SchemaError:
+        return _classify(exc)
+
+    def encode(self, obj: T) -> bytes:  # type: ignore[override]
         """Encode ``obj`` to compact JSON, writing back the unknown fields it was decoded with."""
         plan = _plan(type(obj))
         if not _any_kept(obj, plan):

@@ -52,6 +52,13 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.child:
+        from shopstream.supervise import supervise
+
+        argv = [sys.executable, "-m", "shopstream.cli", "worker", "--child"]
+        if args.name:
+            argv += ["--name", args.name]
+        return supervise(argv, say=lambda line: print(line, file=sys.stderr, flush=True))
     from streams.app import run_worker
 
     run_worker(settings, args.name)
@@ -59,11 +66,12 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from shopstream.replay import produce, produce_timed
+    from shopstream.replay import produce
     from shopstream.sim import SyntheticShop, movielens_clicks
 
     if args.movielens:
-        res = asyncio.run(produce_timed(settings, movielens_clicks(args.movielens), args.speedup, args.count))
+        rows = movielens_clicks(args.movielens)
+        res = asyncio.run(produce(settings, rows, limit=args.count, speedup=args.speedup, desc="replay file"))
     else:
         shop = SyntheticShop(seed=args.seed, n_users=args.users, n_items=args.items)
         events = shop.clicks() if args.clicks_only else shop.events()
@@ -101,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("worker", help="run a Faust worker in the foreground")
     s.add_argument("--name", default=None, help="worker name used in logs, metrics and lake file names")
+    s.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("replay", help="produce a synthetic shop (or a real file) to Kafka")

@@ -96,9 +96,9 @@ class WorkerProcess:
         return self.proc.returncode
 
     def kill(self) -> None:
-        """``kill -9``."""
+        """``kill -9`` of the worker (its supervisor and the Faust process under it)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
 

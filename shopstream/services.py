@@ -101,14 +101,74 @@ def ensure_kafka_jars(quiet: bool = False) -> Path:
     return JARS
 
 
+class _Local:
+    """What the local services share: a pid file, a port, idempotent start/stop, status."""
+
+    name: str
+    home: Path
+    port: int
+    host: str
+    #: The variable that moves the service to another port (named in errors).
+    setting: str
+    stop_grace_s: float = 20.0
+
+    @property
+    def address(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def pidfile(self) -> Path:
+        return self.home / f"{self.name}.pid"
+
+    def running(self) -> bool:
+        """Whether the process is alive and its port answers."""
+        return _pid_alive(self.pidfile) is not None and port_open(self.port, self.host)
+
+    def _already_up(self, quiet: bool) -> bool:
+        """True if it already runs (said so); an error if a stranger holds the port."""
+        if self.running():
+            if not quiet:
+                print(f"{self.name}: already running at {self.address} (pid {_pid_alive(self.pidfile)})")
+            return True
+        if port_open(self.port, self.host):
+            raise ServiceError(
+                f"port {self.port} is in use by another process; set {self.setting} "
+                "to a free port or stop that process."
+            )
+        return False
+
+    def stop(self, quiet: bool = False, kill: bool = False) -> None:
+        """Stop it (SIGTERM, then SIGKILL after a grace period; at once with ``kill``)."""
+        pid = _pid_alive(self.pidfile)
+        if pid is None:
+            if not quiet:
+                print(f"{self.name}: not running")
+            return
+        _terminate(pid, 0.0 if kill else self.stop_grace_s)
+        self.pidfile.unlink(missing_ok=True)
+        if not quiet:
+            print(f"{self.name}: stopped (pid {pid})")
+
+    def status(self) -> str:
+        """One line describing the service."""
+        pid = _pid_alive(self.pidfile)
+        if pid and port_open(self.port, self.host):
+            return f"{self.name}: running at {self.address} (pid {pid})"
+        if pid:
+            return f"{self.name}: process {pid} alive but port {self.port} not answering"
+        return f"{self.name}: stopped"
+
+
 @dataclasses.dataclass
-class Kafka:
+class Kafka(_Local):
     """A single-node KRaft broker whose files live under ``home``."""
 
     home: Path
     port: int = 9092
     controller_port: int = 9093
     host: str = "127.0.0.1"
+    name = "kafka"
+    setting = "SHOPSTREAM_KAFKA_BOOTSTRAP"
 
     @property
     def bootstrap(self) -> str:
@@ -116,8 +176,8 @@ class Kafka:
         return f"{self.host}:{self.port}"
 
     @property
-    def pidfile(self) -> Path:
-        return self.home / "kafka.pid"
+    def address(self) -> str:
+        return self.bootstrap
 
     @property
     def logfile(self) -> Path:
@@ -173,22 +233,11 @@ class Kafka:
         )
         return cfg
 
-    def running(self) -> bool:
-        """Whether this broker's process is alive and its port answers."""
-        return _pid_alive(self.pidfile) is not None and port_open(self.port, self.host)
-
     def start(self, timeout: float = 90.0, quiet: bool = False) -> float:
         """Start the broker (formatting storage on first start); return seconds to ready."""
         t0 = time.monotonic()
-        if self.running():
-            if not quiet:
-                print(f"kafka: already running at {self.bootstrap} (pid {_pid_alive(self.pidfile)})")
+        if self._already_up(quiet):
             return 0.0
-        if port_open(self.port, self.host):
-            raise ServiceError(
-                f"port {self.port} is in use by another process; set SHOPSTREAM_KAFKA_BOOTSTRAP "
-                "to a free port or stop that process."
-            )
         ensure_kafka_jars(quiet=quiet)
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "logs").mkdir(exist_ok=True)
@@ -227,60 +276,36 @@ class Kafka:
         self.stop(quiet=True)
         raise ServiceError(f"kafka did not become ready within {timeout:.0f}s; see {self.logfile}")
 
-    def stop(self, quiet: bool = False, kill: bool = False) -> None:
-        """Stop the broker (SIGTERM, then SIGKILL after a grace period)."""
-        pid = _pid_alive(self.pidfile)
-        if pid is None:
-            if not quiet:
-                print("kafka: not running")
-            return
-        _terminate(pid, 0.0 if kill else 20.0)
-        self.pidfile.unlink(missing_ok=True)
-        if not quiet:
-            print(f"kafka: stopped (pid {pid})")
-
     def status(self) -> str:
-        """One line describing the broker."""
-        pid = _pid_alive(self.pidfile)
-        if pid and port_open(self.port, self.host):
-            return f"kafka: running at {self.bootstrap} (pid {pid}, logs {self.logfile})"
-        if pid:
-            return f"kafka: process {pid} alive but port {self.port} not answering (logs {self.logfile})"
-        return "kafka: stopped"
+        """One line describing the broker, with its log file."""
+        return f"{super().status()} (logs {self.logfile})"
 
 
 @dataclasses.dataclass
-class Redis:
+class Redis(_Local):
     """A ``redis-server`` on 127.0.0.1 with its files under ``home``."""
 
     home: Path
     port: int = 6379
     persistent: bool = False
     host: str = "127.0.0.1"
+    name = "redis"
+    setting = "SHOPSTREAM_REDIS_URL"
+    stop_grace_s = 10.0
 
     @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
 
     @property
-    def pidfile(self) -> Path:
-        return self.home / "redis.pid"
-
-    def running(self) -> bool:
-        return _pid_alive(self.pidfile) is not None and port_open(self.port, self.host)
+    def address(self) -> str:
+        return self.url
 
     def start(self, timeout: float = 20.0, quiet: bool = False) -> float:
         """Start redis-server; return seconds to ready."""
         t0 = time.monotonic()
-        if self.running():
-            if not quiet:
-                print(f"redis: already running at {self.url} (pid {_pid_alive(self.pidfile)})")
+        if self._already_up(quiet):
             return 0.0
-        if port_open(self.port, self.host):
-            raise ServiceError(
-                f"port {self.port} is in use by another process; set SHOPSTREAM_REDIS_URL to a free port "
-                "or stop that process."
-            )
         server = _require(
             "redis-server", "Install it: `apt-get install -y redis-server` (or run `make bootstrap`)."
         )
@@ -323,22 +348,6 @@ class Redis:
                 return took
             time.sleep(0.05)
         raise ServiceError(f"redis did not become ready; see {self.home / 'redis.log'}")
-
-    def stop(self, quiet: bool = False) -> None:
-        pid = _pid_alive(self.pidfile)
-        if pid is None:
-            if not quiet:
-                print("redis: not running")
-            return
-        _terminate(pid, 10.0)
-        if not quiet:
-            print(f"redis: stopped (pid {pid})")
-
-    def status(self) -> str:
-        pid = _pid_alive(self.pidfile)
-        if pid and port_open(self.port, self.host):
-            return f"redis: running at {self.url} (pid {pid})"
-        return "redis: stopped"
 
 
 def _terminate(pid: int, grace: float) -> None:

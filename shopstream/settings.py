@@ -81,6 +81,9 @@ class Settings:
     #: Producer linger, seconds: batches outputs into fewer requests
     #: (benchmarks/pipeline.py: 5 ms gave +16% throughput at a p99 of ~33 ms).
     producer_linger_s: float = 0.005
+    #: A worker whose table recovery makes no progress for this long exits and is
+    #: restarted by its supervisor (works around a faust-streaming recovery hang).
+    recovery_stall_s: float = 60.0
     #: Offsets commit interval, seconds.
     commit_interval_s: float = 1.0
     #: Worker log level.

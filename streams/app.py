@@ -19,6 +19,7 @@ with the others; later issues add model snapshots through the registry.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import time
@@ -97,6 +98,56 @@ class FeatureFlusher(Service):
         await self.runtime.store.close()
 
 
+class RecoveryWatchdog(Service):
+    """Ends the worker when table recovery makes no progress for ``stall_s`` seconds.
+
+    faust-streaming can hang in recovery after a rebalance (see
+    :mod:`shopstream.supervise`); the supervisor restarts the worker. ``on_stall``
+    is replaceable for tests.
+    """
+
+    def __init__(
+        self, app: faust.App, stall_s: float, on_stall: Any = None, interval: float = 1.0, **kwargs: Any
+    ) -> None:
+        self.app = app
+        self.stall_s = stall_s
+        self.interval = interval
+        self.on_stall = on_stall or _exit_recovery_stalled
+        self._last: tuple[int, float] | None = None
+        super().__init__(**kwargs)
+
+    def check(self, in_recovery: bool, remaining: int, now: float) -> bool:
+        """Record one observation; True when recovery is stalled."""
+        if not in_recovery or remaining <= 0:
+            self._last = None
+            return False
+        if self._last is None or self._last[0] != remaining:
+            self._last = (remaining, now)
+            return False
+        return now - self._last[1] >= self.stall_s
+
+    @Service.task
+    async def _watch(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.interval)
+            recovery = self.app.tables.recovery  # type: ignore[attr-defined]
+            remaining = recovery.active_remaining_total() if recovery.in_recovery else 0
+            if self.check(bool(recovery.in_recovery), remaining, time.monotonic()):
+                self.log.error(
+                    "table recovery made no progress for %.0fs (%d changelog records left); restarting",
+                    self.stall_s,
+                    remaining,
+                )
+                self.on_stall()
+
+
+def _exit_recovery_stalled() -> None:
+    from shopstream.supervise import EXIT_RECOVERY_STALLED
+
+    logging.shutdown()
+    os._exit(EXIT_RECOVERY_STALLED)
+
+
 def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
     """Build a shopstream Faust app from ``settings``."""
     name = worker_name or f"{socket.gethostname()}-{os.getpid()}"
@@ -122,7 +173,6 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         key_serializer="raw",
         value_serializer="json",
         processing_guarantee="at_least_once",
-        stream_wait_empty=False,
         table_cleanup_interval=60.0,
     )
     topics = Topics(settings.topic_prefix)
@@ -164,6 +214,9 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
 
     flusher = FeatureFlusher(runtime)
     app.service(flusher)  # type: ignore[arg-type]
+    watchdog = RecoveryWatchdog(app, settings.recovery_stall_s)
+    runtime.extra["recovery_watchdog"] = watchdog
+    app.service(watchdog)  # type: ignore[arg-type]
 
     clicks_topic = app.topic(topics.clicks, partitions=settings.partitions, value_serializer="raw")
     recs_name = topics.recommendations

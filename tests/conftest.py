@@ -60,6 +60,7 @@ def settings_factory(services: tuple[Kafka, Redis], tmp_path: Path) -> Callable[
             session_timeout_s=6.0,
             heartbeat_interval_s=0.5,
             commit_interval_s=0.5,
+            recovery_stall_s=15.0,
             log_level="INFO",
         )
         base.update(overrides)

@@ -1,0 +1,64 @@
+"""The local services: idempotent, loopback-only, explicit partition counts, clear errors."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+import redis as redis_py
+from aiokafka.admin import AIOKafkaAdminClient
+
+from shopstream.services import Kafka, Redis, ServiceError, create_topics, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_start_is_idempotent_and_status_says_running(services, capsys):
+    kafka, redis = services
+    assert kafka.start() == 0.0 and redis.start() == 0.0
+    out = capsys.readouterr().out
+    assert f"kafka: already running at {kafka.bootstrap}" in out
+    assert f"redis: already running at {redis.url}" in out
+    assert kafka.status().startswith(f"kafka: running at {kafka.bootstrap}")
+    assert redis.status().startswith(f"redis: running at {redis.url}")
+
+
+def test_services_listen_on_loopback_only(services):
+    kafka, redis = services
+    client = redis_py.Redis.from_url(redis.url, decode_responses=True)
+    assert client.config_get("bind")["bind"] == "127.0.0.1"
+    assert client.config_get("appendonly")["appendonly"] == "no"  # persistence off for tests
+    config = (kafka.home / "server.properties").read_text()
+    assert f"listeners=PLAINTEXT://127.0.0.1:{kafka.port}," in config
+
+
+def test_a_port_taken_by_a_stranger_is_a_clear_error(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ServiceError, match="SHOPSTREAM_REDIS_URL"):
+            Redis(tmp_path / "r", port=port).start(quiet=True)
+        with pytest.raises(ServiceError, match="SHOPSTREAM_KAFKA_BOOTSTRAP"):
+            Kafka(tmp_path / "k", port=port, controller_port=free_port()).start(quiet=True)
+
+
+def test_topics_get_explicit_partition_counts(services):
+    kafka, _ = services
+    names = {f"svc-{free_port()}-a": 3, f"svc-{free_port()}-b": 6}
+    assert sorted(asyncio.run(create_topics(kafka.bootstrap, names))) == sorted(names)
+    assert asyncio.run(create_topics(kafka.bootstrap, names)) == []
+
+    async def describe() -> dict[str, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        await admin.start()
+        try:
+            return {m["topic"]: len(m["partitions"]) for m in await admin.describe_topics(list(names))}
+        finally:
+            await admin.close()
+
+    assert asyncio.run(describe()) == names
+    wrong = {next(iter(names)): 5}
+    with pytest.raises(ServiceError, match="has 3 partitions, expected 5"):
+        asyncio.run(create_topics(kafka.bootstrap, wrong))
