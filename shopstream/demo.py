@@ -94,6 +94,8 @@ def run_demo(
     from streams.app import ensure_topics
 
     t0 = time.monotonic()
+    # Roll lake files often enough that the demo shows them.
+    settings = settings.with_(lake_max_age_s=min(settings.lake_max_age_s, 10.0))
     print(
         "== shopstream demo ==  (Ctrl-C to stop"
         + (f"; stops after {duration:.0f}s" if duration else "")
