@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,6 +47,10 @@ EVENT_WEIGHTS: dict[str, float] = {
 
 def _second(kv: tuple[str, float]) -> float:
     return kv[1]
+
+
+def _first_of_value(kv: tuple[str, tuple[float, str]]) -> float:
+    return kv[1][0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +119,20 @@ class CoVisitationRecommender(base.Base):
         self.n_events = 0
         self._popular: list[str] = []
         self._popular_at = -1
+        self.item_category: dict[str, str] = {}
+        self._popular_by_cat: dict[str, list[str]] = {}
+        self.new_items: deque[str] = deque(maxlen=popular_size)
 
     # -- learning ---------------------------------------------------------------
-    def learn_one(self, user: str, item: str, recent: Sequence[str], weight: float = 1.0) -> None:
+    def learn_one(
+        self, user: str, item: str, recent: Sequence[str], weight: float = 1.0, category: str | None = None
+    ) -> None:
         """Learn from ``user`` interacting with ``item``; ``recent`` are the user's items before it."""
         self.n_events += 1
+        if item not in self.popularity:
+            self.new_items.append(item)
+        if category is not None and self.item_category.get(item) != category:
+            self.item_category[item] = category
         if self.n_events % 1000 == 0:
             d = self.decay
             self.popularity = {i: c * d for i, c in self.popularity.items() if c * d > 0.01}
@@ -187,11 +201,38 @@ class CoVisitationRecommender(base.Base):
         """The currently most popular items."""
         # Refresh every 500 events, and more often while the catalogue is young.
         if self._popular_at < 0 or self.n_events - self._popular_at >= min(500, max(1, self.n_events // 4)):
-            self._popular = [
-                i for i, _ in heapq.nlargest(self.popular_size, self.popularity.items(), key=_second)
-            ]
+            ranked = heapq.nlargest(self.popular_size * 20, self.popularity.items(), key=_second)
+            self._popular = [i for i, _ in ranked[: self.popular_size]]
+            by_cat: dict[str, list[str]] = {}
+            cats = self.item_category
+            for i, _ in ranked:
+                c = cats.get(i)
+                if c is not None:
+                    lst = by_cat.setdefault(c, [])
+                    if len(lst) < self.popular_size:
+                        lst.append(i)
+            self._popular_by_cat = by_cat
             self._popular_at = self.n_events
         return self._popular
+
+    def popular_in(self, category: str) -> list[str]:
+        """The most popular items of ``category`` (refreshed with :meth:`popular`)."""
+        self.popular()
+        return self._popular_by_cat.get(category, [])
+
+    def covis_candidates(
+        self, recent: Sequence[str], skip: set[str] | frozenset[str] = frozenset()
+    ) -> dict[str, tuple[float, str]]:
+        """Co-visitation candidates of the ``recent`` items: item → (score, the recent item it came from)."""
+        out: dict[str, tuple[float, str]] = {}
+        for age, item in enumerate(reversed(recent[-self.window :])):
+            recency = 1.0 / (1 + age)
+            for other, share in self._neighbours(item):
+                if other in skip:
+                    continue
+                prev = out.get(other)
+                out[other] = (recency * share, item) if prev is None else (prev[0] + recency * share, prev[1])
+        return out
 
     def recommend(
         self, user: str, recent: Sequence[str], k: int = 10, exclude: set[str] | None = None
@@ -200,30 +241,16 @@ class CoVisitationRecommender(base.Base):
         skip = set(recent[-self.window * 2 :])
         if exclude:
             skip |= exclude
-        scores: dict[str, float] = {}
-        because: dict[str, str] = {}
-        for age, item in enumerate(reversed(recent[-self.window :])):
-            top_nb = self._neighbours(item)
-            if not top_nb:
-                continue
-            recency = 1.0 / (1 + age)
-            for other, share in top_nb:
-                if other in skip:
-                    continue
-                s = recency * share
-                prev = scores.get(other)
-                if prev is None:
-                    scores[other] = s
-                    because[other] = item
-                else:
-                    scores[other] = prev + s
+        cands = self.covis_candidates(recent, skip)
         ranked: list[Scored] = []
-        if scores:
-            top = heapq.nlargest(self.n_candidates, scores.items(), key=_second)
+        if cands:
+            top = heapq.nlargest(self.n_candidates, cands.items(), key=_first_of_value)
             mf_scores = self._mf_scores(user, [item for item, _ in top])
             w = self.mf_weight
-            best = heapq.nlargest(k, ((s + w * m, item) for (item, s), m in zip(top, mf_scores, strict=True)))
-            ranked = [Scored(item, score, f"together_with:{because[item]}") for score, item in best]
+            best = heapq.nlargest(
+                k, ((sc + w * m, item) for (item, (sc, _)), m in zip(top, mf_scores, strict=True))
+            )
+            ranked = [Scored(item, score, f"together_with:{cands[item][1]}") for score, item in best]
         if len(ranked) < k:
             have = {r.item_id for r in ranked}
             for item in self.popular():

@@ -64,6 +64,29 @@ class Metrics:
             "shopstream_lake_files", "Parquet files committed to the event lake.", registry=r
         )
 
+        self.model_seconds = Histogram(
+            "shopstream_model_seconds",
+            "Time of one batched model call (onnxruntime), by model.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "shopstream_model_version", "Registry version of the model being served.", ["model"], registry=r
+        )
+        self.model_load_errors = Counter(
+            "shopstream_model_load_errors",
+            "Model versions refused (bad sha256, unreadable file), by model.",
+            ["model"],
+            registry=r,
+        )
+        self.recs_served = Counter(
+            "shopstream_recommendations",
+            "Recommendation lists served, by path (topic, http) and source (model tag or online).",
+            ["path", "source"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The text exposition format."""
         return bytes(generate_latest(self.registry))

@@ -35,7 +35,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
   say "creating .venv and installing pinned dependencies (constraints.txt)..."
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
+  # [train] brings PyTorch (CPU use only; several GB with its CUDA wheels, served
+  # from pip's cache after the first install): the tests train small models.
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,train]"
   touch "$stamp"
 fi
 

@@ -20,13 +20,16 @@ from __future__ import annotations
 import time
 
 from online_models.recommender import EVENT_WEIGHTS, CoVisitationRecommender
-from schemas.events import ITEM_EVENTS, ClickEvent, RecItem, Recommendation, Search
+from schemas.events import ITEM_EVENTS, ClickEvent, Order, RecItem, Recommendation, Search
 from serving.features import FeatureWriter
 
 #: Event types after which a fresh list is published.
 MEANINGFUL = frozenset({"view", "click", "add_to_cart"})
 
 MODEL_NAME = "covis-biasedmf-v1"
+
+#: Purchased items remembered per user (re-ranking drops them).
+BOUGHT_KEPT = 50
 
 
 class ClickstreamProcessor:
@@ -45,8 +48,8 @@ class ClickstreamProcessor:
         self.recent_items = recent_items
         self.model = model or CoVisitationRecommender(seed=seed)
 
-    def process(self, event: ClickEvent, recent: list[str]) -> tuple[list[str], Recommendation | None]:
-        """Learn from ``event``; return the user's new recent items and maybe a recommendation."""
+    def learn(self, event: ClickEvent, recent: list[str]) -> tuple[list[str], bool]:
+        """Learn from ``event``; return the user's new recent items and whether a fresh list is due."""
         kind = type(event).__struct_config__.tag
         assert isinstance(kind, str)
         ts = str(event.ts)
@@ -54,11 +57,11 @@ class ClickstreamProcessor:
             self.features.update(
                 "user", event.user_id, set_={"last_query": event.query, "last_ts": ts}, incr={"n_searches": 1}
             )
-            return recent, None
+            return recent, False
         assert isinstance(event, ITEM_EVENTS)
         item = event.item_id
         weight = EVENT_WEIGHTS.get(kind, 1.0)
-        self.model.learn_one(event.user_id, item, recent, weight)
+        self.model.learn_one(event.user_id, item, recent, weight, event.category)
         keep = self.recent_items
         new_recent = [*(i for i in recent if i != item), item][-keep:] if weight > 0 else recent
         self.features.update(
@@ -73,7 +76,36 @@ class ClickstreamProcessor:
         if event.price is not None:
             item_set["price"] = str(event.price)
         self.features.update("item", item, set_=item_set, incr={f"n_{kind}": 1})
-        if kind not in MEANINGFUL:
+        return new_recent, kind in MEANINGFUL
+
+    def learn_order(self, order: Order, recent: list[str], bought: list[str]) -> tuple[list[str], list[str]]:
+        """Learn from a placed order: each line is a strong positive. Returns (recent, bought) updated.
+
+        Returns and cancellations change neither list (the items stay "bought").
+        """
+        if order.status != "placed":
+            return recent, bought
+        weight = EVENT_WEIGHTS["order"]
+        user = order.user_id
+        new_recent = list(recent)
+        new_bought = list(bought)
+        for line in order.lines:
+            self.model.learn_one(user, line.sku, new_recent, weight, line.category)
+            new_recent = [*(i for i in new_recent if i != line.sku), line.sku][-self.recent_items :]
+            new_bought = [*(i for i in new_bought if i != line.sku), line.sku][-BOUGHT_KEPT:]
+            self.features.update("item", line.sku, incr={"n_order": int(line.qty)})
+        self.features.update(
+            "user",
+            user,
+            set_={"bought": ",".join(new_bought), "last_ts": str(order.ts)},
+            incr={"n_orders": 1},
+        )
+        return new_recent, new_bought
+
+    def process(self, event: ClickEvent, recent: list[str]) -> tuple[list[str], Recommendation | None]:
+        """Learn from ``event``; return the user's new recent items and maybe a recommendation."""
+        new_recent, due = self.learn(event, recent)
+        if not due:
             return new_recent, None
         return new_recent, self.recommend(
             event.user_id, new_recent, event_id=event.event_id, source_ts=event.ts

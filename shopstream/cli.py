@@ -93,6 +93,43 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    try:
+        from offline_training.data import load_interactions
+        from offline_training.recs import RecsTrainConfig, train_recs
+    except ImportError as exc:
+        print(f"error: training needs the [train] extra ({exc}); run: .venv/bin/pip install -e '.[train]'")
+        return 2
+    from schemas.topics import Topics
+    from serving.registry import ModelRegistry
+
+    try:
+        t = Topics(settings.topic_prefix)
+        inter = load_interactions(args.data, topics=args.topic or [t.clicks, t.orders])
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cfg = RecsTrainConfig(arch=args.arch, epochs=args.epochs, factors=args.factors, seed=args.seed)
+    if args.quick:
+        cfg.epochs, cfg.neumf_epochs = min(cfg.epochs, 3), 1
+    registry = ModelRegistry(args.registry or settings.model_dir)
+    res = train_recs(
+        inter,
+        registry,
+        name=args.name or settings.recs_model,
+        cfg=cfg,
+        redis_url=None if args.no_redis else settings.redis_url,
+        redis_prefix=settings.redis_prefix,
+        source=str(args.data),
+        plot_dir=Path(args.plot_dir),
+    )
+    if res.plot:
+        print(f"training curves: {res.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(prog="shopstream", description=__doc__)
@@ -135,6 +172,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--topic", default="shop.recommendations.v1")
     s.add_argument("--count", type=int, default=10)
     s.set_defaults(func=cmd_tail)
+
+    s = sub.add_parser("train", help="train a model offline (needs the [train] extra) and register it")
+    s.add_argument("what", choices=["recs"], help="recs: NCF (GMF, MLP, NeuMF) → ONNX + Redis + registry")
+    s.add_argument("--data", required=True, help="MovieLens folder or u.data, or the Parquet event lake root")
+    s.add_argument(
+        "--topic", action="append", help="lake topic to read, repeatable (default: clicks and orders)"
+    )
+    s.add_argument("--arch", choices=["gmf", "mlp", "neumf"], default="neumf", help="the model to serve")
+    s.add_argument("--epochs", type=int, default=12, help="most epochs for GMF and MLP (best kept)")
+    s.add_argument("--factors", type=int, default=64, help="GMF predictive factors")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--name", default=None, help="registry name (default SHOPSTREAM_RECS_MODEL)")
+    s.add_argument("--registry", default=None, help="registry root (default SHOPSTREAM_MODEL_DIR)")
+    s.add_argument("--no-redis", action="store_true", help="do not write vectors to Redis")
+    s.add_argument("--plot-dir", default=".var/plots", help="where the training-curve PNG goes")
+    s.add_argument("--quick", action="store_true", help="few epochs (smoke test)")
+    s.set_defaults(func=cmd_train)
     return p
 
 

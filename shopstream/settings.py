@@ -84,6 +84,18 @@ class Settings:
     #: A worker whose table recovery makes no progress for this long exits and is
     #: restarted by its supervisor (works around a faust-streaming recovery hang).
     recovery_stall_s: float = 60.0
+    #: Model registry root (versioned ONNX files, metadata, sha256).
+    model_dir: Path = Path(".var/models")
+    #: Registry name of the recommendation model the workers serve.
+    recs_model: str = "recs"
+    #: How often workers check the registry's production alias, seconds.
+    model_poll_s: float = 1.0
+    #: Business boosts, ``category:<name>=<factor>,item:<id>=<factor>``.
+    recs_boosts: str = ""
+    #: At most this many items of one category in a list (relaxed if it cannot be filled).
+    recs_max_per_category: int = 3
+    #: Redis timeout of the recommendation read, seconds; slower answers fall back to the online model.
+    recs_redis_timeout_s: float = 0.05
     #: Offsets commit interval, seconds.
     commit_interval_s: float = 1.0
     #: Worker log level.

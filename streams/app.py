@@ -32,10 +32,12 @@ from mode import Service
 from ops.metrics import Metrics
 from schemas.codec import Codec, encode
 from schemas.errors import SchemaError
-from schemas.events import ClickEvent
+from schemas.events import ClickEvent, Order
 from schemas.topics import Topics
 from serving.clickstream import ClickstreamProcessor
 from serving.features import FeatureWriter, RedisFeatureStore
+from serving.recs import ModelWatcher, Recommender, parse_boosts
+from serving.registry import ModelRegistry
 from shopstream.services import MESSAGE_MAX_BYTES
 from shopstream.settings import Settings
 from streams.archive import LakeArchiver
@@ -52,6 +54,8 @@ class Runtime:
     features: FeatureWriter
     store: RedisFeatureStore
     processor: ClickstreamProcessor
+    recommender: Recommender
+    model_watcher: ModelWatcher
     dlq: DeadLetterSink
     worker_name: str
     #: Hands a message to the producer; returns its delivery future (tests replace it).
@@ -141,6 +145,27 @@ class RecoveryWatchdog(Service):
                 self.on_stall()
 
 
+class ModelWatcherService(Service):
+    """Checks the registry every ``interval`` seconds and hot-swaps the served model."""
+
+    def __init__(self, runtime: Runtime, interval: float, **kwargs: Any) -> None:
+        self.runtime = runtime
+        self.interval = interval
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        await self.runtime.model_watcher.check()
+
+    @Service.task
+    async def _poll(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.interval)
+            await self.runtime.model_watcher.check()
+
+    async def on_stop(self) -> None:
+        await self.runtime.recommender.close()
+
+
 def _exit_recovery_stalled() -> None:
     from shopstream.supervise import EXIT_RECOVERY_STALLED
 
@@ -199,13 +224,28 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
     ) -> Any:
         return await runtime.publish(topic, key, value, headers)
 
+    processor = ClickstreamProcessor(features, k=settings.recs_k, recent_items=settings.recent_items)
+    recommender = Recommender(
+        processor.model,
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        k=settings.recs_k,
+        max_per_category=settings.recs_max_per_category,
+        boosts=parse_boosts(settings.recs_boosts),
+        timeout_s=settings.recs_redis_timeout_s,
+        metrics=metrics,
+    )
     runtime = Runtime(
         settings=settings,
         metrics=metrics,
         topics=topics,
         features=features,
         store=store,
-        processor=ClickstreamProcessor(features, k=settings.recs_k, recent_items=settings.recent_items),
+        processor=processor,
+        recommender=recommender,
+        model_watcher=ModelWatcher(
+            recommender, ModelRegistry(settings.model_dir), settings.recs_model, metrics=metrics
+        ),
         dlq=DeadLetterSink(publish_via_runtime, metrics, worker=name),
         worker_name=name,
         publish=publish,
@@ -214,6 +254,7 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
 
     flusher = FeatureFlusher(runtime)
     app.service(flusher)  # type: ignore[arg-type]
+    app.service(ModelWatcherService(runtime, settings.model_poll_s))  # type: ignore[arg-type]
     watchdog = RecoveryWatchdog(app, settings.recovery_stall_s)
     runtime.extra["recovery_watchdog"] = watchdog
     app.service(watchdog)  # type: ignore[arg-type]
@@ -224,9 +265,23 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
     runtime.extra["recent_items"] = recent_items
     click_codec: Codec[ClickEvent] = Codec(ClickEvent, settings.max_event_bytes)
 
+    orders_topic = app.topic(topics.orders, partitions=settings.partitions, value_serializer="raw")
+    bought_items = app.Table("bought-items", default=list, partitions=settings.partitions)
+    runtime.extra["bought_items"] = bought_items
+    order_codec: Codec[Order] = Codec(Order, settings.max_event_bytes)
+
     in_clicks = metrics.events_in.labels(topic=topics.clicks)
+    in_orders = metrics.events_in.labels(topic=topics.orders)
     out_recs = metrics.events_out.labels(topic=topics.recommendations)
     proc_time = metrics.processing.labels(agent="recommend")
+    order_time = metrics.processing.labels(agent="recommend_orders")
+
+    async def publish_recs(user: str, recent: list[str], event_id: str, source_ts: float) -> None:
+        """A fresh list for ``user``: from the trained model when one is loaded, else the online model."""
+        rec = await recommender.recommend(user, recent, event_id=event_id, source_ts=source_ts)
+        await runtime.publish(recs_name, user.encode(), encode(rec), None)
+        out_recs.inc()
+        metrics.recs_served.labels(path="topic", source=rec.model).inc()
 
     @app.agent(clicks_topic, name="recommend")
     async def recommend(stream: faust.StreamT) -> None:
@@ -236,7 +291,6 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         Faust flushes the producer before it commits offsets, so a crash can
         repeat outputs but never lose them (at-least-once).
         """
-        processor = runtime.processor
         async for event in stream.events():
             t0 = time.perf_counter()
             message = event.message
@@ -248,15 +302,37 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
                 continue
             user = ev.user_id
             recent = recent_items[user]
-            new_recent, rec = processor.process(ev, recent)
+            new_recent, due = processor.learn(ev, recent)
             if new_recent is not recent:
                 recent_items[user] = new_recent
-            if rec is not None:
-                await runtime.publish(recs_name, user.encode(), encode(rec), None)
-                out_recs.inc()
+            if due:
+                await publish_recs(user, new_recent, ev.event_id, ev.ts)
             proc_time.observe(time.perf_counter() - t0)
             if runtime.features.full:
                 await flusher.flush_once()
+
+    @app.agent(orders_topic, name="recommend_orders")
+    async def recommend_orders(stream: faust.StreamT) -> None:
+        """Orders → bought-items table, online model, features → a fresh list (bought items dropped)."""
+        async for event in stream.events():
+            t0 = time.perf_counter()
+            message = event.message
+            in_orders.inc()
+            try:
+                order = order_codec.decode(message.value)
+            except SchemaError as err:
+                await runtime.dlq.send(err, message)
+                continue
+            if order.status != "placed":
+                continue
+            user = order.user_id
+            recent, bought = processor.learn_order(order, recent_items[user], bought_items[user])
+            recent_items[user] = recent
+            bought_items[user] = bought
+            # The list must not offer what was just bought, even before the features reach Redis.
+            await flusher.flush_once()
+            await publish_recs(user, recent, order.event_id, order.ts)
+            order_time.observe(time.perf_counter() - t0)
 
     runtime.extra["recommend_agent"] = recommend
 
@@ -268,7 +344,38 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
     return app
 
 
+MAX_K = 100
+
+
+def _bad_parameter(web: Any, parameter: str, detail: str) -> Any:
+    return web.json({"error": "bad_parameter", "parameter": parameter, "detail": detail}, status=400)
+
+
 def _register_views(app: faust.App, runtime: Runtime) -> None:
+    recent_items = runtime.extra["recent_items"]
+
+    @app.page("/recommendations/{user_id}")
+    @app.table_route(table=recent_items, match_info="user_id")
+    async def recommendations_view(web: Any, request: Any, user_id: str) -> Any:
+        """``GET /recommendations/{user_id}?k=10``, answered by the worker that owns the user's partition."""
+        raw_k = request.query.get("k", str(runtime.settings.recs_k))
+        try:
+            k = int(raw_k)
+        except ValueError:
+            k = -1
+        if not 1 <= k <= MAX_K:
+            return _bad_parameter(web, "k", f"k must be an integer in 1..{MAX_K}, got {raw_k!r}")
+        if not user_id or len(user_id) > 256:
+            return _bad_parameter(web, "user_id", "user_id must be 1..256 characters")
+        recent = list(recent_items[user_id])
+        rec = await runtime.recommender.recommend(user_id, recent, k=k)
+        runtime.metrics.recs_served.labels(path="http", source=rec.model).inc()
+        return web.bytes(encode(rec), content_type="application/json")
+
+    @app.page("/models")
+    async def models_view(web: Any, request: Any) -> Any:
+        return web.json(runtime.model_watcher.status())
+
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
         return web.bytes(runtime.metrics.render(), content_type="text/plain; version=0.0.4")
