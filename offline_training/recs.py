@@ -292,4 +292,11 @@ def train_recs(
         f"registered {mv.tag} (production) in {registry.root} after {time.perf_counter() - t_start:.0f}s; "
         f"ONNX vs PyTorch max |diff| {max_diff:.1e}"
     )
-    return RecsTrainResult(version=mv, rows=rows, onnx_max_abs_diff=max_diff, plot=plot, redis_keys=n_keys)
+    return RecsTrainResult(
+        version=mv,
+        rows=rows,
+        onnx_max_abs_diff=max_diff,
+        plot=plot,
+        redis_keys=n_keys,
+        extra={"trained": trained, "split": split},
+    )

@@ -31,12 +31,70 @@ async def tail(settings: Settings, topic: str, count: int) -> None:
         await consumer.stop()
 
 
+_SHORT_REASONS = (("together_with:", "+"), ("similar_to:", "~"), ("popular_in:", "top "))
+
+
 def _fmt_rec(value: bytes) -> str:
     from schemas.events import RECOMMENDATION_CODEC
 
     rec = RECOMMENDATION_CODEC.decode(value)
-    items = ", ".join(f"{i.item_id}({i.reason.replace('together_with:', '+')})" for i in rec.items[:4])
-    return f"  {rec.user_id:>10} -> {items}{' ...' if len(rec.items) > 4 else ''}"
+
+    def short(reason: str) -> str:
+        for long, abbrev in _SHORT_REASONS:
+            reason = reason.replace(long, abbrev)
+        return reason
+
+    items = ", ".join(f"{i.item_id}({short(i.reason)})" for i in rec.items[:4])
+    return f"  {rec.user_id:>10} -> {items}{' ...' if len(rec.items) > 4 else ''}  [{rec.model}]"
+
+
+def ensure_demo_model(settings: Settings, seed: int, n_events: int = 40_000) -> str:
+    """Train and register a small NCF model on the synthetic shop's history unless one is served already.
+
+    Returns a line for the console. Without the ``[train]`` extra the demo runs on the online model.
+    """
+    import itertools
+
+    import redis
+
+    from serving.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.model_dir)
+    mv = registry.production(settings.recs_model)
+    if mv is not None:
+        users = registry.load_json(mv, "users.json")
+        client = redis.Redis.from_url(settings.redis_url)
+        try:
+            if users and client.exists(f"{settings.redis_prefix}vec:{mv.tag}:u:{users[0]}"):
+                hr = mv.metrics.get("hr10", float("nan"))
+                return f"model: serving {mv.tag} (HR@10 {hr:.3f}) from {registry.root}"
+        finally:
+            client.close()
+    try:
+        from offline_training.data import from_payloads
+        from offline_training.recs import RecsTrainConfig, train_recs
+    except ImportError as exc:
+        return f"model: none ({exc}); serving the online model only"
+    from shopstream.sim import SyntheticShop
+
+    print(
+        f"model: training NCF on {n_events:,} events of the shop's history (first run only) ...", flush=True
+    )
+    inter = from_payloads(v for _, _, v in itertools.islice(SyntheticShop(seed=seed).clicks(), n_events))
+    cfg = RecsTrainConfig(factors=16, mlp_layers=(32, 16, 8), epochs=4, neumf_epochs=1)
+    res = train_recs(
+        inter,
+        registry,
+        name=settings.recs_model,
+        cfg=cfg,
+        redis_url=settings.redis_url,
+        redis_prefix=settings.redis_prefix,
+        source="synthetic shop history",
+        plot_dir=Path(settings.model_dir).parent / "plots",
+        progress=True,
+        log=lambda line: print("  " + line.strip(), flush=True),
+    )
+    return f"model: serving {res.version.tag}; training curves in {res.plot}"
 
 
 async def _watch(settings: Settings, worker, stop: asyncio.Event, started: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -106,6 +164,7 @@ def run_demo(
     kafka.start()
     created = asyncio.run(ensure_topics(settings))
     print(f"topics: {len(created)} created, {settings.partitions} partitions each")
+    print(ensure_demo_model(settings, seed), flush=True)
     log = Path(settings.services_dir).parent / "demo-worker.log"
     worker = WorkerProcess(settings, "demo-1", log).start()
     print(f"worker: starting (log {log}) ...", flush=True)

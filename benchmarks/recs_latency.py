@@ -1,0 +1,357 @@
+"""Recommendation serving latency: HTTP request/response and the topic path, beside a bare Redis GET.
+
+    python -m benchmarks.recs_latency [--quick]
+
+Starts its own Kafka and Redis on free ports, trains a small NCF model on the
+synthetic shop (``shopstream train recs``'s code: ONNX, registry, vectors in
+Redis), starts ONE worker serving it, and measures:
+
+1. baseline: a bare Redis ``GET`` round trip from this process (redis-py + hiredis);
+2. HTTP: ``GET /recommendations/{user}?k=10`` at 500 requests/s, open loop, from a
+   separate load-generator process (aiohttp); latency from the request's send to the
+   full response body; users are the trained users (70%) and unknown ones (30%);
+3. topic: clicks offered at 1,000/s; latency from the producer's send to the
+   recommendation consumed (matched by ``event_id``), as ``benchmarks.pipeline`` does;
+4. Redis round trips per request, from the worker's own counters
+   (``shopstream_redis_seconds_count{op="recs_read"}`` per list served).
+
+Targets (issue 3): HTTP p99 <= 10 ms; topic p99 <= 20 ms; one Redis round trip per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import parse_args, percentiles, target, write_results
+from benchmarks.pipeline import ClickSource, Collector, produce_paced
+from shopstream.procs import WorkerProcess, metric_value
+from shopstream.services import Kafka, Redis, free_port
+from shopstream.settings import Settings
+from shopstream.sim import SyntheticShop
+from streams.app import ensure_topics
+
+NAME = "recs_latency"
+FULL: dict[str, float] = {
+    "http_rate": 500,
+    "http_s": 30,
+    "topic_rate": 1000,
+    "topic_s": 30,
+    "train_events": 60_000,
+    "redis_n": 5000,
+}
+QUICK: dict[str, float] = {
+    "http_rate": 500,
+    "http_s": 8,
+    "topic_rate": 1000,
+    "topic_s": 8,
+    "train_events": 15_000,
+    "redis_n": 1000,
+}
+
+
+def log(msg: str) -> None:
+    print(f"[recs_latency {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --- load generator (runs in its own process) -------------------------------------------------------
+
+
+async def _loadgen(url: str, users: list[str], rate: float, duration: float) -> dict[str, Any]:
+    import aiohttp
+
+    lat: list[float] = []
+    statuses: dict[str, int] = {}
+    models: dict[str, int] = {}
+    late: list[float] = []
+    conn = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(connector=conn) as session:
+
+        async def one(user: str) -> None:
+            t0 = time.perf_counter()
+            try:
+                async with session.get(f"{url}/recommendations/{user}?k=10") as r:
+                    body = await r.read()
+                    dt = time.perf_counter() - t0
+                    statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
+                    if r.status == 200:
+                        m = json.loads(body)["model"]
+                        models[m] = models.get(m, 0) + 1
+                        lat.append(dt)
+            except Exception as exc:
+                statuses[type(exc).__name__] = statuses.get(type(exc).__name__, 0) + 1
+
+        n_total = int(rate * duration)
+        tasks = []
+        t_start = time.perf_counter()
+        for n in range(n_total):
+            due = t_start + n / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                late.append(-delay)
+            tasks.append(asyncio.create_task(one(users[n % len(users)])))
+        await asyncio.gather(*tasks)
+        span = time.perf_counter() - t_start
+    return {
+        "latencies_ms": [round(1e3 * x, 4) for x in lat],
+        "statuses": statuses,
+        "models": models,
+        "sent": n_total,
+        "achieved_rate": n_total / span,
+        "max_send_lag_ms": round(1e3 * max(late, default=0.0), 3),
+    }
+
+
+def loadgen_main(url: str, users_file: str, rate: float, duration: float) -> None:
+    import uvloop
+
+    users = json.loads(Path(users_file).read_text())
+    print(json.dumps(uvloop.run(_loadgen(url, users, rate, duration))))
+
+
+# --- the benchmark ------------------------------------------------------------------------------------
+
+
+def redis_get_baseline(url: str, n: int) -> dict[str, float]:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.set("bench:get", b"x" * 64)
+    for _ in range(200):
+        client.get("bench:get")
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        client.get("bench:get")
+        samples.append(1e3 * (time.perf_counter() - t0))
+    client.close()
+    return percentiles(samples, (50, 99))
+
+
+async def topic_phase(settings: Settings, rate: float, seconds: float) -> dict[str, Any]:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    recs_topic = settings.topic_prefix + "shop.recommendations.v1"
+    clicks_topic = settings.topic_prefix + "shop.clicks.v1"
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=1, acks=1)
+    await consumer.start()
+    await producer.start()
+    try:
+        tps = [TopicPartition(recs_topic, p) for p in range(settings.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+        collector = Collector(consumer)
+        task = asyncio.create_task(collector.run())
+        source = ClickSource(settings.app_id, seed=7)
+        warm = source.batch(300, "warm")
+        for _eid, key, value in warm:
+            await producer.send(clicks_topic, value=value, key=key)
+        await producer.flush()
+        await collector.wait_for([e for e, _, _ in warm], "topic warm-up")
+        log(f"topic: offering clicks at {rate:,.0f}/s for {seconds:.0f}s")
+        sent, _wall, span = await produce_paced(producer, clicks_topic, source, rate, seconds)
+        await collector.wait_for(list(sent), "topic")
+        task.cancel()
+        lat = [1e3 * (collector.received[e] - t) for e, t in sent.items() if e in collector.received]
+        return {
+            "sent": len(sent),
+            "matched": len(lat),
+            "offered_rate": len(sent) / span,
+            "latency_ms": percentiles(lat, (50, 90, 99)) if lat else {},
+        }
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+def run(cfg: dict[str, float]) -> dict[str, Any]:
+    from offline_training.data import from_payloads
+    from offline_training.recs import RecsTrainConfig, train_recs
+    from serving.registry import ModelRegistry
+
+    run_id = uuid.uuid4().hex[:8]
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-recs-") as tmp:
+        home = Path(tmp)
+        kafka = Kafka(home / "kafka", port=free_port(), controller_port=free_port())
+        redis = Redis(home / "redis", port=free_port())
+        worker: WorkerProcess | None = None
+        try:
+            log("starting Kafka and Redis")
+            kafka.start(quiet=True)
+            redis.start(quiet=True)
+            settings = Settings.from_env(
+                None,
+                kafka_bootstrap=kafka.bootstrap,
+                redis_url=redis.url,
+                topic_prefix=f"bench-{run_id}-",
+                app_id=f"bench-{run_id}",
+                redis_prefix=f"b{run_id}:",
+                partitions=4,
+                data_dir=home / "worker",
+                lake_dir=home / "lake",
+                model_dir=home / "models",
+                web_port=free_port(),
+                session_timeout_s=6,
+                heartbeat_interval_s=0.5,
+                archive=False,
+            )
+            shop = SyntheticShop(seed=7, n_users=5000, n_items=5000)
+            n_train = int(cfg["train_events"])
+            log(f"training a small NCF model on {n_train:,} synthetic-shop clicks")
+            inter = from_payloads(v for _, _, v in itertools.islice(shop.clicks(), n_train))
+            tcfg = RecsTrainConfig(factors=32, mlp_layers=(64, 32, 16), epochs=3, neumf_epochs=1)
+            res = train_recs(
+                inter,
+                ModelRegistry(settings.model_dir),
+                cfg=tcfg,
+                redis_url=settings.redis_url,
+                redis_prefix=settings.redis_prefix,
+                source="synthetic shop",
+                progress=False,
+                log=log,
+            )
+            out["model"] = {
+                "tag": res.version.tag,
+                "users": inter.n_users,
+                "items": inter.n_items,
+                "dim": res.version.metadata["dim"],
+            }
+            asyncio.run(ensure_topics(settings))
+            worker = WorkerProcess(settings, "bench", home / "worker.log").start()
+            worker.wait_ready(timeout=90, topic=settings.topic_prefix + "shop.clicks.v1")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and f'model="recs"}} {res.version.version}' not in (
+                worker.metrics_text().replace(".0\n", "\n")
+            ):
+                time.sleep(0.2)
+            log(f"worker serving {res.version.tag}")
+
+            log("baseline: bare Redis GET round trips")
+            out["redis_get_ms"] = redis_get_baseline(settings.redis_url, int(cfg["redis_n"]))
+
+            rng = np.random.default_rng(0)
+            known = list(inter.user_ids)
+            users = [
+                known[int(rng.integers(len(known)))]
+                if rng.random() < 0.7
+                else f"unknown-{int(rng.integers(1_000_000))}"
+                for _ in range(20_000)
+            ]
+            users_file = home / "users.json"
+            users_file.write_text(json.dumps(users))
+            text0 = worker.metrics_text()
+            log(
+                f"HTTP: {cfg['http_rate']:.0f} requests/s for {cfg['http_s']:.0f}s "
+                "from a load-generator process"
+            )
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.recs_latency",
+                    "--loadgen",
+                    worker.url,
+                    str(users_file),
+                    str(cfg["http_rate"]),
+                    str(cfg["http_s"]),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            http = json.loads(proc.stdout.strip().splitlines()[-1])
+            text1 = worker.metrics_text()
+
+            def delta(name: str, labels: dict[str, str]) -> float:
+                return metric_value(text1, name, labels) - metric_value(text0, name, labels)
+
+            served = delta("shopstream_recommendations_total", {"path": "http", "source": res.version.tag})
+            trips = delta("shopstream_redis_seconds_count", {"op": "recs_read"})
+            out["http"] = {
+                "sent": http["sent"],
+                "ok": len(http["latencies_ms"]),
+                "statuses": http["statuses"],
+                "models": http["models"],
+                "achieved_rate": round(http["achieved_rate"], 1),
+                "max_send_lag_ms": http["max_send_lag_ms"],
+                "latency_ms": percentiles(http["latencies_ms"], (50, 90, 99)),
+                "served_by_model": served,
+                "redis_round_trips": trips,
+                "redis_round_trips_per_request": trips / served if served else float("nan"),
+            }
+            log(
+                f"HTTP: {out['http']['latency_ms']}, "
+                f"{out['http']['redis_round_trips_per_request']:.3f} Redis round trips per request"
+            )
+            out["topic"] = asyncio.run(topic_phase(settings, cfg["topic_rate"], cfg["topic_s"]))
+            log(f"topic: {out['topic']['latency_ms']}")
+            out["worker_alive"] = worker.alive()
+            return out
+        finally:
+            if worker is not None:
+                worker.stop()
+            redis.stop(quiet=True)
+            kafka.stop(quiet=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--loadgen":
+        loadgen_main(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]))
+        return 0
+    args = parse_args(NAME, __doc__.splitlines()[0] if __doc__ else NAME, argv=argv)
+    cfg = QUICK if args.quick else FULL
+    t0 = time.monotonic()
+    res = run(cfg)
+    http, topic, base = res["http"], res["topic"], res["redis_get_ms"]
+    metrics = {
+        "http_p50_ms": http["latency_ms"]["p50"],
+        "http_p99_ms": http["latency_ms"]["p99"],
+        "http_p99_over_redis_get_p99": round(http["latency_ms"]["p99"] / base["p99"], 2),
+        "topic_p50_ms": topic["latency_ms"].get("p50", float("nan")),
+        "topic_p99_ms": topic["latency_ms"].get("p99", float("nan")),
+        "topic_p99_over_redis_get_p99": round(topic["latency_ms"].get("p99", float("nan")) / base["p99"], 2),
+        "redis_round_trips_per_request": http["redis_round_trips_per_request"],
+        "http": http,
+        "topic": topic,
+        "model": res["model"],
+        "worker_alive": res["worker_alive"],
+    }
+    baselines = {"redis_get_p50_ms": base["p50"], "redis_get_p99_ms": base["p99"]}
+    targets = {
+        "http_p99_ms": target(http["latency_ms"]["p99"], 10.0, "<="),
+        "topic_p99_ms": target(topic["latency_ms"].get("p99", float("nan")), 20.0, "<="),
+        "redis_round_trips_per_request": target(http["redis_round_trips_per_request"], 1.0, "<="),
+        "http_requests_ok": target(http["ok"] / http["sent"], 1.0, ">="),
+    }
+    params = {
+        "http_rate_per_s": cfg["http_rate"],
+        "http_seconds": cfg["http_s"],
+        "topic_rate_per_s": cfg["topic_rate"],
+        "topic_seconds": cfg["topic_s"],
+        "k": 10,
+        "users": "70% trained users, 30% unknown",
+        "load_generator": "separate process, aiohttp, open loop",
+        "elapsed_s": round(time.monotonic() - t0, 1),
+    }
+    write_results(NAME, args.quick, params, metrics, baselines, targets, out=args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
