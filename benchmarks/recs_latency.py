@@ -6,7 +6,8 @@ Starts its own Kafka and Redis on free ports, trains a small NCF model on the
 synthetic shop (``shopstream train recs``'s code: ONNX, registry, vectors in
 Redis), starts ONE worker serving it, and measures:
 
-1. baseline: a bare Redis ``GET`` round trip from this process (redis-py + hiredis);
+1. baselines: a bare Redis ``GET`` round trip from this process (redis-py + hiredis),
+   and the topic path below before any trained model is registered (online model only);
 2. HTTP: ``GET /recommendations/{user}?k=10`` at 500 requests/s, open loop, from a
    separate load-generator process (aiohttp); latency from the request's send to the
    full response body; users are the trained users (70%) and unknown ones (30%);
@@ -157,7 +158,7 @@ async def topic_phase(settings: Settings, rate: float, seconds: float) -> dict[s
             await consumer.position(tp)
         collector = Collector(consumer)
         task = asyncio.create_task(collector.run())
-        source = ClickSource(settings.app_id, seed=7)
+        source = ClickSource(f"{settings.app_id}-{uuid.uuid4().hex[:6]}", seed=7)
         warm = source.batch(300, "warm")
         for _eid, key, value in warm:
             await producer.send(clicks_topic, value=value, key=key)
@@ -211,6 +212,13 @@ def run(cfg: dict[str, float]) -> dict[str, Any]:
                 heartbeat_interval_s=0.5,
                 archive=False,
             )
+            asyncio.run(ensure_topics(settings))
+            worker = WorkerProcess(settings, "bench", home / "worker.log").start()
+            worker.wait_ready(timeout=90, topic=settings.topic_prefix + "shop.clicks.v1")
+            log("baseline: the topic path with the online model only (no trained model registered yet)")
+            out["topic_online_only"] = asyncio.run(topic_phase(settings, cfg["topic_rate"], cfg["topic_s"]))
+            log(f"topic, online model only: {out['topic_online_only']['latency_ms']}")
+
             shop = SyntheticShop(seed=7, n_users=5000, n_items=5000)
             n_train = int(cfg["train_events"])
             log(f"training a small NCF model on {n_train:,} synthetic-shop clicks")
@@ -232,9 +240,6 @@ def run(cfg: dict[str, float]) -> dict[str, Any]:
                 "items": inter.n_items,
                 "dim": res.version.metadata["dim"],
             }
-            asyncio.run(ensure_topics(settings))
-            worker = WorkerProcess(settings, "bench", home / "worker.log").start()
-            worker.wait_ready(timeout=90, topic=settings.topic_prefix + "shop.clicks.v1")
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and f'model="recs"}} {res.version.version}' not in (
                 worker.metrics_text().replace(".0\n", "\n")
@@ -332,7 +337,16 @@ def main(argv: list[str] | None = None) -> int:
         "model": res["model"],
         "worker_alive": res["worker_alive"],
     }
-    baselines = {"redis_get_p50_ms": base["p50"], "redis_get_p99_ms": base["p99"]}
+    online = res["topic_online_only"]["latency_ms"]
+    metrics["topic_p99_over_online_only_p99"] = round(
+        topic["latency_ms"].get("p99", float("nan")) / online.get("p99", float("nan")), 2
+    )
+    baselines = {
+        "redis_get_p50_ms": base["p50"],
+        "redis_get_p99_ms": base["p99"],
+        "topic_online_only_p50_ms": online.get("p50", float("nan")),
+        "topic_online_only_p99_ms": online.get("p99", float("nan")),
+    }
     targets = {
         "http_p99_ms": target(http["latency_ms"]["p99"], 10.0, "<="),
         "topic_p99_ms": target(topic["latency_ms"].get("p99", float("nan")), 20.0, "<="),

@@ -47,14 +47,16 @@ Examples
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from redis.exceptions import NoScriptError
 
 from online_models.recommender import CoVisitationRecommender
 from schemas.events import RecItem, Recommendation
@@ -62,14 +64,17 @@ from serving.registry import ModelRegistry, ModelVersion
 
 log = logging.getLogger(__name__)
 
-# KEYS: user vector, user hash, then per item: vector key, item hash key.
-# Returns {user vector, bought, vec1, cat1, oos1, vec2, ...}; false for a missing value.
-_FETCH_LUA = """
+# KEYS: user vector, user hash. ARGV: vector key prefix, item hash prefix, then the
+# item ids joined by "\n" (one argument: encoding 100 separate keys costs more
+# client CPU than the whole round trip). Returns {user vector, bought, vec1,
+# cat1, oos1, vec2, ...}; false for a missing value. The item keys are built
+# server-side, so this needs a single Redis node (or hash-tagged keys in a cluster).
+_FETCH_LUA = r"""
 local out = {redis.call('GET', KEYS[1]), redis.call('HGET', KEYS[2], 'bought')}
-local n = (#KEYS - 2) / 2
-for j = 1, n do
-  out[#out + 1] = redis.call('GET', KEYS[2 + j])
-  local meta = redis.call('HMGET', KEYS[2 + n + j], 'category', 'oos')
+local vp, ip = ARGV[1], ARGV[2]
+for id in string.gmatch(ARGV[3], '[^\n]+') do
+  out[#out + 1] = redis.call('GET', vp .. id)
+  local meta = redis.call('HMGET', ip .. id, 'category', 'oos')
   out[#out + 1] = meta[1]
   out[#out + 1] = meta[2]
 end
@@ -132,8 +137,12 @@ class LoadedModel:
 
     def score(self, user_vec: np.ndarray, item_vecs: np.ndarray) -> np.ndarray:
         """Probabilities of ``item_vecs`` ``[N, dim]`` for one user vector (one onnxruntime call)."""
-        users = np.broadcast_to(user_vec.astype(np.float32), item_vecs.shape)
-        (out,) = self.session.run(["score"], {"user": np.ascontiguousarray(users), "item": item_vecs})
+        return self.score_pairs(np.broadcast_to(user_vec.astype(np.float32), item_vecs.shape), item_vecs)
+
+    def score_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Probabilities of row-aligned (user vector, item vector) pairs, one onnxruntime call."""
+        feed = {"user": np.ascontiguousarray(users, dtype=np.float32), "item": np.ascontiguousarray(items)}
+        (out,) = self.session.run(["score"], feed)
         return np.asarray(out, dtype=np.float32).reshape(-1)
 
     def fold_in(self, recent: Sequence[str]) -> np.ndarray | None:
@@ -161,21 +170,60 @@ class LoadedModel:
         out = [self.item_ids[j] for j in top.tolist() if self.item_ids[j] not in skip]
         return out[:n]
 
-    def most_similar(self, item: str, recent: Sequence[str]) -> str | None:
-        """The recent item whose embedding is closest (cosine) to ``item``'s."""
-        j = self.item_index.get(item)
-        rows = [(r, self.item_index[r]) for r in recent if r in self.item_index]
-        if j is None or not rows:
-            return None
-        sims = self.item_unit[[k for _, k in rows]] @ self.item_unit[j]
-        return rows[int(np.argmax(sims))][0]
+    def most_similar(self, items: Sequence[str], recent: Sequence[str]) -> list[str | None]:
+        """For each of ``items``, the recent item whose embedding is closest (cosine); None if unknown."""
+        index = self.item_index
+        known = [r for r in recent if r in index]
+        if not known:
+            return [None] * len(items)
+        rows = [index.get(i, 0) for i in items]
+        sims = self.item_unit[rows] @ self.item_unit[[index[r] for r in known]].T
+        best = sims.argmax(axis=1).tolist()
+        return [known[b] if i in index else None for i, b in zip(items, best, strict=True)]
 
 
-@dataclass(frozen=True)
+def _score_of(kv: tuple[str, tuple[float, str]]) -> float:
+    return kv[1][0]
+
+
+@dataclass(frozen=True, slots=True)
 class Candidate:
     item_id: str
     online: float  # online-model score (co-visitation share; 0 if none)
     reason: str
+
+
+@dataclass(slots=True)
+class RecRequest:
+    """One list to compute: for ``user_id`` with ``recent`` items (oldest first)."""
+
+    user_id: str
+    recent: list[str]
+    k: int | None = None
+    event_id: str = ""
+    source_ts: float | None = None
+
+
+@dataclass(slots=True)
+class _Plan:
+    req: RecRequest
+    cands: list[Candidate]
+    keys: list[str]
+    args: list[str]
+
+
+@dataclass(slots=True)
+class _Parsed:
+    req: RecRequest
+    kept: list[tuple[Candidate, str | None]]
+    known: list[int]  # indexes into kept of the candidates the model can score
+    mat: np.ndarray  # their vectors, [len(known), dim]
+    user_vec: np.ndarray | None
+    probs: np.ndarray | None = None
+
+    @property
+    def scorable(self) -> bool:
+        return self.user_vec is not None and bool(self.known)
 
 
 class Recommender:
@@ -187,7 +235,8 @@ class Recommender:
         redis_url: str,
         prefix: str = "ss:",
         k: int = 10,
-        n_neighbours: int = 50,
+        n_neighbours: int = 30,
+        n_covis: int = 30,
         max_per_category: int = 3,
         boosts: dict[tuple[str, str], float] | None = None,
         timeout_s: float = 0.05,
@@ -202,6 +251,7 @@ class Recommender:
         self.prefix = prefix
         self.k = k
         self.n_neighbours = n_neighbours
+        self.n_covis = n_covis
         self.max_per_category = max_per_category
         self.boosts = boosts or {}
         self.online_name = online_name
@@ -226,12 +276,15 @@ class Recommender:
         """Candidate items with their online score and reason, best source first (see module docstring)."""
         online = self.online
         out: dict[str, Candidate] = {}
-        for item, (share, source) in online.covis_candidates(recent, skip).items():
+        covis = online.covis_candidates(recent, skip)
+        if len(covis) > self.n_covis:
+            covis = dict(heapq.nlargest(self.n_covis, covis.items(), key=_score_of))
+        for item, (share, source) in covis.items():
             out[item] = Candidate(item, share, f"together_with:{source}")
         query = model.query(user_id, recent) if model is not None else None
         if model is not None and query is not None:
-            for item in model.neighbours(query, self.n_neighbours, skip | out.keys()):
-                src = model.most_similar(item, recent[-5:])
+            near = model.neighbours(query, self.n_neighbours, skip | out.keys())
+            for item, src in zip(near, model.most_similar(near, recent[-5:]), strict=True):
                 out[item] = Candidate(item, 0.0, f"similar_to:{src}" if src else "for_you")
         if recent:
             cat = online.item_category.get(recent[-1])
@@ -246,7 +299,7 @@ class Recommender:
         if model is not None:
             popular = [*popular, *model.popular]
         for item in popular:
-            if len(out) >= 2 * self.k + self.n_neighbours:
+            if len(out) >= self.k + self.n_neighbours + self.n_covis // 2:
                 break
             if item not in skip and item not in out:
                 out[item] = Candidate(item, 0.0, "popular")
@@ -262,89 +315,138 @@ class Recommender:
         source_ts: float | None = None,
     ) -> Recommendation:
         """The top-``k`` list for ``user_id`` (``recent``: the user's items, oldest first)."""
-        k = k or self.k
+        (rec,) = await self.recommend_many([RecRequest(user_id, list(recent), k, event_id, source_ts)])
+        return rec
+
+    async def recommend_many(self, requests: Sequence[RecRequest]) -> list[Recommendation]:
+        """Lists for several requests: one Redis round trip and one onnxruntime call for all of them."""
         model = self.model
-        recent = list(recent)
-        skip = set(recent[-2 * self.online.window :])
         if model is None or time.monotonic() < self._down_until:
-            return self._online_only(user_id, recent, k, event_id, source_ts)
-        cands = self.candidates(user_id, recent, skip, model)
-        p = self.prefix
-        keys = [f"{p}vec:{model.tag}:u:{user_id}", f"{p}user:{user_id}"]
-        keys += [f"{p}vec:{model.tag}:i:{c.item_id}" for c in cands]
-        keys += [f"{p}item:{c.item_id}" for c in cands]
+            return [self._online_only(r) for r in requests]
+        plans = [self._plan(r, model) for r in requests]
         t0 = time.perf_counter()
         try:
-            raw = await self._fetch(keys=keys)
+            raws = await self._fetch_all(plans, model)
         except Exception as exc:  # redis down, slow or failing: serve from the online model
             self._down_until = time.monotonic() + self.retry_after_s
             if self.metrics is not None:
                 self.metrics.redis_errors.labels(op="recs_read").inc()
             log.warning("recommendation features unavailable (%s); online model only", exc)
-            return self._online_only(user_id, recent, k, event_id, source_ts)
+            return [self._online_only(r) for r in requests]
         self.round_trips += 1
         if self.metrics is not None:
             self.metrics.redis_seconds.labels(op="recs_read").observe(time.perf_counter() - t0)
+        parsed = [self._parse(plan, raw, model) for plan, raw in zip(plans, raws, strict=True)]
+        # One onnxruntime call over every (user, candidate) pair of every request.
+        users = [
+            np.broadcast_to(p.user_vec, (len(p.known), model.dim))
+            for p in parsed
+            if p.scorable and p.user_vec is not None
+        ]
+        if users:
+            t1 = time.perf_counter()
+            mats = [p.mat for p in parsed if p.scorable]
+            probs = model.score_pairs(np.concatenate(users), np.concatenate(mats))
+            if self.metrics is not None:
+                self.metrics.model_seconds.labels(model="recs").observe(time.perf_counter() - t1)
+            at = 0
+            for p in parsed:
+                if p.scorable:
+                    p.probs = probs[at : at + len(p.known)]
+                    at += len(p.known)
+        return [self._rank(p, model) for p in parsed]
+
+    def _plan(self, req: RecRequest, model: LoadedModel) -> _Plan:
+        skip = set(req.recent[-2 * self.online.window :])
+        cands = self.candidates(req.user_id, req.recent, skip, model)
+        p = self.prefix
+        keys = [f"{p}vec:{model.tag}:u:{req.user_id}", f"{p}user:{req.user_id}"]
+        args = [f"{p}vec:{model.tag}:i:", f"{p}item:", "\n".join(c.item_id for c in cands)]
+        return _Plan(req, cands, keys, args)
+
+    async def _fetch_all(self, plans: list[_Plan], model: LoadedModel) -> list[list[Any]]:
+        """Run the fetch script for every plan in one pipelined round trip."""
+        if len(plans) == 1:
+            return [await self._fetch(keys=plans[0].keys, args=plans[0].args)]
+        for attempt in (0, 1):
+            pipe = self.client.pipeline(transaction=False)
+            for plan in plans:
+                pipe.evalsha(self._fetch.sha, 2, *plan.keys, *plan.args)
+            try:
+                out: list[list[Any]] = await pipe.execute()
+                return out
+            except NoScriptError:
+                if attempt:
+                    raise
+                await self.client.script_load(_FETCH_LUA)
+        raise AssertionError("unreachable")
+
+    def _parse(self, plan: _Plan, raw: list[Any], model: LoadedModel) -> _Parsed:
         user_raw, bought_raw = raw[0], raw[1]
         bought = set(bought_raw.decode().split(",")) if bought_raw else set()
         if user_raw and len(user_raw) == 4 * model.dim:
             user_vec: np.ndarray | None = np.frombuffer(user_raw, dtype=np.float32)
         else:
-            user_vec = model.fold_in(recent)
-        kept: list[tuple[Candidate, str | None, bytes | None]] = []
-        for j, c in enumerate(cands):
+            user_vec = model.fold_in(plan.req.recent)
+        kept: list[tuple[Candidate, str | None]] = []
+        vecs: list[bytes] = []
+        known: list[int] = []
+        size = 4 * model.dim
+        cats = self.online.item_category
+        for j, c in enumerate(plan.cands):
             vec, cat, oos = raw[2 + 3 * j], raw[3 + 3 * j], raw[4 + 3 * j]
             if c.item_id in bought or oos == b"1":
                 continue
-            kept.append((c, cat.decode() if cat else self.online.item_category.get(c.item_id), vec))
-        scores = np.zeros(len(kept), dtype=np.float32)
-        known = [j for j, (_, _, vec) in enumerate(kept) if vec and len(vec) == 4 * model.dim]
-        if user_vec is not None and known:
-            t1 = time.perf_counter()
-            mat = np.frombuffer(b"".join(kept[j][2] for j in known), dtype=np.float32)  # type: ignore[misc]
-            probs = model.score(user_vec, mat.reshape(len(known), model.dim))
-            if self.metrics is not None:
-                self.metrics.model_seconds.labels(model="recs").observe(time.perf_counter() - t1)
-            scores[known] = probs
-            floor = float(probs.min()) if len(probs) else 0.0
-        else:
-            floor = 0.0
-        known_set = set(known)
+            if vec and len(vec) == size:
+                known.append(len(kept))
+                vecs.append(vec)
+            kept.append((c, cat.decode() if cat else cats.get(c.item_id)))
+        mat = np.frombuffer(b"".join(vecs), dtype=np.float32).reshape(len(vecs), model.dim)
+        return _Parsed(plan.req, kept, known, mat, user_vec)
+
+    def _rank(self, p: _Parsed, model: LoadedModel) -> Recommendation:
+        scores = np.zeros(len(p.kept), dtype=np.float32)
+        floor = 0.0
+        if p.probs is not None and len(p.probs):
+            scores[p.known] = p.probs
+            floor = float(p.probs.min())
+        known_set = set(p.known) if p.probs is not None else set()
+        boosts = self.boosts
         ranked: list[tuple[float, str, str, str | None]] = []
-        for j, (c, cat, _) in enumerate(kept):
+        for j, (c, cat) in enumerate(p.kept):
             # Items the model cannot score rank below those it can, by their online score.
             s = float(scores[j]) if j in known_set else floor * min(c.online, 1.0) * 0.99
             s += self.online_weight * c.online
-            s *= self.boosts.get(("item", c.item_id), 1.0) * (
-                self.boosts.get(("category", cat), 1.0) if cat else 1.0
-            )
+            if boosts:
+                s *= boosts.get(("item", c.item_id), 1.0) * (
+                    boosts.get(("category", cat), 1.0) if cat else 1.0
+                )
             reason = c.reason
-            if reason == "popular" and user_vec is not None and j in known_set:
+            if reason == "popular" and j in known_set:
                 reason = "for_you"
             ranked.append((s, c.item_id, reason, cat))
         ranked.sort(key=lambda r: -r[0])
-        items = _diversify(ranked, k, self.max_per_category)
+        req = p.req
+        items = _diversify(ranked, req.k or self.k, self.max_per_category)
         now = time.time()
         return Recommendation(
-            event_id=event_id,
-            user_id=user_id,
+            event_id=req.event_id,
+            user_id=req.user_id,
             items=[RecItem(item_id=i, score=round(s, 6), reason=r) for s, i, r, _ in items],
             model=model.tag,
-            source_ts=now if source_ts is None else source_ts,
+            source_ts=now if req.source_ts is None else req.source_ts,
             generated_at=now,
         )
 
-    def _online_only(
-        self, user_id: str, recent: list[str], k: int, event_id: str, source_ts: float | None
-    ) -> Recommendation:
-        scored = self.online.recommend(user_id, recent, k)
+    def _online_only(self, req: RecRequest) -> Recommendation:
+        scored = self.online.recommend(req.user_id, req.recent, req.k or self.k)
         now = time.time()
         return Recommendation(
-            event_id=event_id,
-            user_id=user_id,
+            event_id=req.event_id,
+            user_id=req.user_id,
             items=[RecItem(item_id=s.item_id, score=round(s.score, 6), reason=s.reason) for s in scored],
             model=self.online_name,
-            source_ts=now if source_ts is None else source_ts,
+            source_ts=now if req.source_ts is None else req.source_ts,
             generated_at=now,
         )
 
@@ -370,6 +472,59 @@ def _diversify(
         out += held[: k - len(out)]
         out.sort(key=lambda r: -r[0])
     return out
+
+
+class MicroBatcher:
+    """Computes recommendation requests in small batches: one Redis round trip and one model call each.
+
+    ``add`` queues a request with an opaque ``token``; a batch is computed when
+    it holds ``max_batch`` requests (the caller then awaits :meth:`flush`) or
+    when the oldest request has waited ``max_wait_s`` (:meth:`run`'s timer).
+    ``deliver(recommendation, token)`` is awaited for each result, in order;
+    the stream acknowledges the event there, after its output is handed to
+    the producer, so batching never commits an offset whose output is not out.
+    """
+
+    def __init__(
+        self,
+        recommender: Recommender,
+        deliver: Callable[[Recommendation, Any], Awaitable[None]],
+        max_batch: int = 64,
+        max_wait_s: float = 0.002,
+    ) -> None:
+        self.recommender = recommender
+        self.deliver = deliver
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.pending: list[tuple[RecRequest, Any]] = []
+        self._lock = asyncio.Lock()
+        self.batches = 0
+
+    def add(self, req: RecRequest, token: Any) -> None:
+        self.pending.append((req, token))
+
+    @property
+    def full(self) -> bool:
+        return len(self.pending) >= self.max_batch
+
+    async def flush(self) -> int:
+        """Compute and deliver everything queued; returns how many."""
+        async with self._lock:
+            batch, self.pending = self.pending, []
+            if not batch:
+                return 0
+            recs = await self.recommender.recommend_many([req for req, _ in batch])
+            self.batches += 1
+            for rec, (_, token) in zip(recs, batch, strict=True):
+                await self.deliver(rec, token)
+            return len(batch)
+
+    async def run(self, should_stop: Callable[[], bool]) -> None:
+        """Flush whatever waits, every ``max_wait_s``, until ``should_stop()``."""
+        while not should_stop():
+            await asyncio.sleep(self.max_wait_s)
+            if self.pending:
+                await self.flush()
 
 
 class ModelWatcher:

@@ -96,6 +96,10 @@ class Settings:
     recs_max_per_category: int = 3
     #: Redis timeout of the recommendation read, seconds; slower answers fall back to the online model.
     recs_redis_timeout_s: float = 0.05
+    #: Topic path: lists are computed in micro-batches of at most this many events...
+    recs_batch_max: int = 32
+    #: ... or after the oldest has waited this long, seconds.
+    recs_batch_wait_s: float = 0.002
     #: Offsets commit interval, seconds.
     commit_interval_s: float = 1.0
     #: Worker log level.

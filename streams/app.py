@@ -36,7 +36,7 @@ from schemas.events import ClickEvent, Order
 from schemas.topics import Topics
 from serving.clickstream import ClickstreamProcessor
 from serving.features import FeatureWriter, RedisFeatureStore
-from serving.recs import ModelWatcher, Recommender, parse_boosts
+from serving.recs import MicroBatcher, ModelWatcher, Recommender, RecRequest, parse_boosts
 from serving.registry import ModelRegistry
 from shopstream.services import MESSAGE_MAX_BYTES
 from shopstream.settings import Settings
@@ -55,6 +55,7 @@ class Runtime:
     store: RedisFeatureStore
     processor: ClickstreamProcessor
     recommender: Recommender
+    batcher: MicroBatcher
     model_watcher: ModelWatcher
     dlq: DeadLetterSink
     worker_name: str
@@ -162,7 +163,12 @@ class ModelWatcherService(Service):
             await self.sleep(self.interval)
             await self.runtime.model_watcher.check()
 
+    @Service.task
+    async def _batches(self) -> None:
+        await self.runtime.batcher.run(lambda: self.should_stop)
+
     async def on_stop(self) -> None:
+        await self.runtime.batcher.flush()
         await self.runtime.recommender.close()
 
 
@@ -243,6 +249,12 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         store=store,
         processor=processor,
         recommender=recommender,
+        batcher=MicroBatcher(
+            recommender,
+            lambda rec, token: deliver_rec(rec, token),
+            max_batch=settings.recs_batch_max,
+            max_wait_s=settings.recs_batch_wait_s,
+        ),
         model_watcher=ModelWatcher(
             recommender, ModelRegistry(settings.model_dir), settings.recs_model, metrics=metrics
         ),
@@ -279,9 +291,15 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
     async def publish_recs(user: str, recent: list[str], event_id: str, source_ts: float) -> None:
         """A fresh list for ``user``: from the trained model when one is loaded, else the online model."""
         rec = await recommender.recommend(user, recent, event_id=event_id, source_ts=source_ts)
-        await runtime.publish(recs_name, user.encode(), encode(rec), None)
+        await deliver_rec(rec, None)
+
+    async def deliver_rec(rec: Any, token: Any) -> None:
+        await runtime.publish(recs_name, rec.user_id.encode(), encode(rec), None)
         out_recs.inc()
         metrics.recs_served.labels(path="topic", source=rec.model).inc()
+        if token is not None:
+            stream, event = token
+            await stream.ack(event)
 
     @app.agent(clicks_topic, name="recommend")
     async def recommend(stream: faust.StreamT) -> None:
@@ -291,7 +309,12 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         Faust flushes the producer before it commits offsets, so a crash can
         repeat outputs but never lose them (at-least-once).
         """
-        async for event in stream.events():
+        # Acks are manual: with a trained model, lists are computed in micro-batches
+        # (one Redis round trip and one ONNX call per batch) and an event is acked
+        # only once its list is handed to the producer.
+        noack: Any = stream.noack()  # type: ignore[attr-defined]
+        batcher = runtime.batcher
+        async for event in noack.events():
             t0 = time.perf_counter()
             message = event.message
             in_clicks.inc()
@@ -299,14 +322,21 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
                 ev = click_codec.decode(message.value)
             except SchemaError as err:
                 await runtime.dlq.send(err, message)
+                await noack.ack(event)
                 continue
             user = ev.user_id
             recent = recent_items[user]
             new_recent, due = processor.learn(ev, recent)
             if new_recent is not recent:
                 recent_items[user] = new_recent
-            if due:
-                await publish_recs(user, new_recent, ev.event_id, ev.ts)
+            if not due:
+                await noack.ack(event)
+            elif recommender.model is None:
+                await deliver_rec(processor.recommend(user, new_recent, ev.event_id, ev.ts), (noack, event))
+            else:
+                batcher.add(RecRequest(user, new_recent, None, ev.event_id, ev.ts), (noack, event))
+                if batcher.full:
+                    await batcher.flush()
             proc_time.observe(time.perf_counter() - t0)
             if runtime.features.full:
                 await flusher.flush_once()
