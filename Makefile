@@ -7,7 +7,7 @@ RATE ?= 500
 PYTEST := $(PY) -m pytest
 
 .PHONY: help bootstrap services-up services-down services-status demo test test-unit test-integration \
-        test-e2e lint typecheck doctest bench bench-quick clean
+        test-e2e lint typecheck doctest bench bench-quick bench-deps clean
 
 help:
 	@echo "make demo [DURATION=60]   services + worker + replayed shop + live recommendations"
@@ -38,7 +38,7 @@ typecheck: bootstrap
 	$(VENV)/bin/mypy shopstream schemas streams online_models serving ops offline_training benchmarks
 
 doctest: bootstrap
-	$(PYTEST) -q --doctest-modules shopstream schemas streams online_models serving ops benchmarks/common.py
+	$(PYTEST) -q --doctest-modules shopstream schemas streams online_models serving ops offline_training benchmarks/common.py
 
 test-unit: bootstrap
 	$(PYTEST) -q tests/unit
@@ -51,13 +51,20 @@ test-e2e: bootstrap
 
 test: bootstrap lint typecheck doctest test-unit test-integration test-e2e
 
-bench: bootstrap
+bench-deps: bootstrap
+	@$(PY) -m pip install -q -c constraints.txt -e ".[dev,train,bench]"
+
+bench: bench-deps
 	$(PY) -m benchmarks.codec
 	$(PY) -m benchmarks.pipeline
+	$(PY) -m benchmarks.recs_quality
+	$(PY) -m benchmarks.recs_latency
 
-bench-quick: bootstrap
+bench-quick: bench-deps
 	$(PY) -m benchmarks.codec --quick
 	$(PY) -m benchmarks.pipeline --quick
+	$(PY) -m benchmarks.recs_quality --quick
+	$(PY) -m benchmarks.recs_latency --quick
 
 clean:
 	rm -rf .var .pytest_cache .mypy_cache .ruff_cache
