@@ -199,6 +199,32 @@ class Kafka(_Local):
             *args,
         ]
 
+    def run_tool(self, main: str, *args: str, timeout: float = 60.0) -> str:
+        """Run one of Kafka's own command-line tools (a Java main class from the same jars); its stdout."""
+        cmd = self._java(main, *args)
+        cmd[1:3] = ["-Xms32m", "-Xmx256m"]  # a client tool, not the broker
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        if out.returncode != 0:
+            raise ServiceError(f"{main} failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
+        return out.stdout
+
+    def describe_group(self, group: str) -> list[dict[str, str]]:
+        """``kafka-consumer-groups --describe`` for ``group``: one dict per row (TOPIC, PARTITION, LAG...)."""
+        text = self.run_tool(
+            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+            "--bootstrap-server",
+            self.bootstrap,
+            "--describe",
+            "--group",
+            group,
+        )
+        lines = [ln.split() for ln in text.splitlines() if ln.strip()]
+        header = next((ln for ln in lines if ln and ln[0] == "GROUP"), None)
+        if header is None:
+            return []
+        rows = [ln for ln in lines if ln and ln[0] == group]
+        return [dict(zip(header, row, strict=False)) for row in rows]
+
     def write_config(self) -> Path:
         """Write ``server.properties`` for this node."""
         cfg = self.home / "server.properties"
