@@ -8,6 +8,11 @@
 # needed) into /opt/venv; the runtime stage copies only that virtualenv, so
 # the source tree and pip's caches never reach the final image.
 
+# The dashboard's chart library from the npm registry (the worker serves it; no CDN).
+FROM node:22-slim AS assets
+WORKDIR /a
+RUN npm pack --silent uplot@1.6.32 && tar -xzf uplot-1.6.32.tgz
+
 FROM python:3.11-slim AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -25,6 +30,7 @@ COPY streams/ streams/
 COPY online_models/ online_models/
 COPY serving/ serving/
 COPY ops/ ops/
+COPY --from=assets /a/package/dist/uPlot.iife.min.js /a/package/dist/uPlot.min.css ops/static/vendor/
 RUN pip install -c constraints.txt .
 
 

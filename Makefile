@@ -59,12 +59,14 @@ bench: bench-deps
 	$(PY) -m benchmarks.pipeline
 	$(PY) -m benchmarks.recs_quality
 	$(PY) -m benchmarks.recs_latency
+	$(PY) -m benchmarks.lag_monitor
 
 bench-quick: bench-deps
 	$(PY) -m benchmarks.codec --quick
 	$(PY) -m benchmarks.pipeline --quick
 	$(PY) -m benchmarks.recs_quality --quick
 	$(PY) -m benchmarks.recs_latency --quick
+	$(PY) -m benchmarks.lag_monitor --quick
 
 clean:
 	rm -rf .var .pytest_cache .mypy_cache .ruff_cache

@@ -87,6 +87,43 @@ class Metrics:
             registry=r,
         )
 
+        self.consumer_lag = Gauge(
+            "shopstream_consumer_lag",
+            "Consumer-group lag in messages (end offset - committed offset).",
+            ["group", "topic", "partition"],
+            registry=r,
+        )
+        self.consumer_lag_seconds = Gauge(
+            "shopstream_consumer_lag_seconds",
+            "Estimated consumer-group lag in seconds (age of the oldest unconsumed message).",
+            ["group", "topic", "partition"],
+            registry=r,
+        )
+        self.consumer_group_status = Gauge(
+            "shopstream_consumer_group_status",
+            "1 for the group's current status (OK, WARNING, STALL, STOP, REWIND, ERROR), else 0.",
+            ["group", "status"],
+            registry=r,
+        )
+        self.lag_sample_seconds = Histogram(
+            "shopstream_lag_monitor_sample_seconds",
+            "Time of one lag-monitor sample (admin and list-offsets requests).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_quality = Gauge(
+            "shopstream_model_quality",
+            "Online model quality, prequential (test-then-train), by model and metric.",
+            ["model", "metric"],
+            registry=r,
+        )
+        self.alerts = Counter(
+            "shopstream_alerts",
+            "Alerts sent to the ops-alerts topic, by kind and status.",
+            ["kind", "status"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The text exposition format."""
         return bytes(generate_latest(self.registry))

@@ -20,6 +20,11 @@ command -v mvn >/dev/null || die "mvn not found. Install Maven: apt-get install 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+# Headless Chromium and its WebDriver for the dashboard's browser test.
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+# npm fetches the dashboard's chart library (uPlot) from the npm registry.
+command -v npm >/dev/null || missing+=(npm)
 if ((${#missing[@]})); then
   command -v apt-get >/dev/null || die "apt-get not found; install ${missing[*]} with your package manager."
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -39,6 +44,20 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
   # from pip's cache after the first install): the tests train small models.
   .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,train]"
   touch "$stamp"
+fi
+
+# The dashboard's chart library, served by the workers themselves (no CDN at run time).
+UPLOT_VERSION=1.6.32
+vendor=ops/static/vendor
+if [ "$(cat "$vendor/VERSION" 2>/dev/null)" != "uplot@$UPLOT_VERSION" ]; then
+  say "fetching uPlot $UPLOT_VERSION from the npm registry..."
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "uplot@$UPLOT_VERSION" >/dev/null) || die "npm pack uplot@$UPLOT_VERSION failed"
+  tar -xzf "$tmp"/uplot-*.tgz -C "$tmp"
+  mkdir -p "$vendor"
+  cp "$tmp/package/dist/uPlot.iife.min.js" "$tmp/package/dist/uPlot.min.css" "$tmp/package/LICENSE" "$vendor/"
+  echo "uplot@$UPLOT_VERSION" > "$vendor/VERSION"
+  rm -rf "$tmp"
 fi
 
 .venv/bin/python -c 'from shopstream.services import ensure_kafka_jars; ensure_kafka_jars()'

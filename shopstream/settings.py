@@ -100,6 +100,18 @@ class Settings:
     recs_batch_max: int = 32
     #: ... or after the oldest has waited this long, seconds.
     recs_batch_wait_s: float = 0.002
+    #: Run the consumer-lag monitor (and the dashboard's time series) in this worker.
+    lag_monitor: bool = True
+    #: Consumer groups to watch besides the app's own (comma-separated).
+    lag_groups: str = ""
+    #: Lag sampling interval, seconds.
+    lag_interval_s: float = 2.0
+    #: A group with lag and no commit for this long (and longer than its commit window) is STOP.
+    lag_stop_after_s: float = 30.0
+    #: Alert when a group's lag exceeds this many seconds (clears below two thirds of it).
+    alert_lag_s: float = 30.0
+    #: Alert when dead letters arrive faster than this, per second (clears below half of it).
+    alert_dlq_per_s: float = 1.0
     #: Offsets commit interval, seconds.
     commit_interval_s: float = 1.0
     #: Worker log level.

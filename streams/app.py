@@ -27,9 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+import msgspec
 from mode import Service
 
+from ops.alerts import AlertRules
+from ops.dashboard import Timeline, page, vendor_file
+from ops.lag import STATUSES, LagMonitor
 from ops.metrics import Metrics
+from ops.quality import PrequentialHits
 from schemas.codec import Codec, encode
 from schemas.errors import SchemaError
 from schemas.events import ClickEvent, Order
@@ -61,6 +66,10 @@ class Runtime:
     worker_name: str
     #: Hands a message to the producer; returns its delivery future (tests replace it).
     publish: Publish
+    quality: PrequentialHits = field(default_factory=PrequentialHits)
+    alerts: AlertRules = field(default_factory=AlertRules)
+    timeline: Timeline = field(default_factory=Timeline)
+    lag_monitor: LagMonitor | None = None
     started_at: float = field(default_factory=time.time)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -172,6 +181,97 @@ class ModelWatcherService(Service):
         await self.runtime.recommender.close()
 
 
+class OpsService(Service):
+    """Lag monitor, dashboard time series and alerts of one worker.
+
+    Every worker samples lag (cheap: one admin request per group per
+    interval) and keeps its own dashboard; only the worker that owns
+    partition 0 of the clickstream publishes alerts, so each alert reaches the
+    ops-alerts topic once however many workers run.
+    """
+
+    def __init__(self, app: faust.App, runtime: Runtime, **kwargs: Any) -> None:
+        self.app = app
+        self.runtime = runtime
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        rt = self.runtime
+        if rt.settings.lag_monitor:
+            s = rt.settings
+            groups = [
+                s.app_id,
+                f"{s.app_id}-archive",
+                *filter(None, (g.strip() for g in s.lag_groups.split(","))),
+            ]
+            rt.lag_monitor = LagMonitor(
+                s.kafka_bootstrap, groups, interval_s=s.lag_interval_s, stop_after_s=s.lag_stop_after_s
+            )
+            try:
+                await rt.lag_monitor.start()
+            except Exception as exc:
+                self.log.warning("lag monitor unavailable: %s", exc)
+                rt.lag_monitor = None
+
+    def leads(self) -> bool:
+        """Whether this worker owns partition 0 of the clickstream (and so publishes alerts)."""
+        clicks = self.runtime.topics.clicks
+        return any(tp.topic == clicks and tp.partition == 0 for tp in self.app.assignor.assigned_actives())
+
+    async def publish_alerts(self, alerts: list[Any]) -> None:
+        rt = self.runtime
+        for alert in alerts:
+            rt.metrics.alerts.labels(kind=alert.kind, status=alert.status).inc()
+            if self.leads():
+                await rt.publish(rt.topics.ops_alerts, alert.subject.encode(), encode(alert), None)
+
+    async def sample_once(self) -> None:
+        rt = self.runtime
+        m = rt.metrics
+        snap: dict[str, Any] | None = None
+        alerts: list[Any] = []
+        if rt.lag_monitor is not None:
+            t0 = time.perf_counter()
+            try:
+                await rt.lag_monitor.sample()
+            except Exception as exc:
+                self.log.warning("lag sample failed: %s", exc)
+            m.lag_sample_seconds.observe(time.perf_counter() - t0)
+            snap = rt.lag_monitor.snapshot()
+            for g in snap["groups"]:
+                for st in STATUSES:
+                    m.consumer_group_status.labels(group=g["group"], status=st).set(
+                        1 if st == g["status"] else 0
+                    )
+                for p in g["partitions"]:
+                    labels = {"group": g["group"], "topic": p["topic"], "partition": str(p["partition"])}
+                    m.consumer_lag.labels(**labels).set(p["lag"])
+                    m.consumer_lag_seconds.labels(**labels).set(p["lag_seconds"])
+                alerts += rt.alerts.group_status(g["group"], g["status"])
+                fire = rt.settings.alert_lag_s
+                alerts += rt.alerts.threshold(
+                    "lag_seconds", g["group"], g["max_lag_seconds"], fire, fire * 2 / 3
+                )
+        point = rt.timeline.add(m.render().decode(), snap, [])
+        fire = rt.settings.alert_dlq_per_s
+        alerts += rt.alerts.threshold("dlq_rate", rt.worker_name, point["dlq_per_s"], fire, fire / 2)
+        alerts += rt.extra.pop("pending_alerts", [])
+        await self.publish_alerts(alerts)
+
+    @Service.task
+    async def _sample_loop(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.runtime.settings.lag_interval_s)
+            try:
+                await self.sample_once()
+            except Exception as exc:  # the dashboard must never take the worker down
+                self.log.warning("ops sample failed: %s", exc)
+
+    async def on_stop(self) -> None:
+        if self.runtime.lag_monitor is not None:
+            await self.runtime.lag_monitor.stop()
+
+
 def _exit_recovery_stalled() -> None:
     from shopstream.supervise import EXIT_RECOVERY_STALLED
 
@@ -267,6 +367,7 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
     flusher = FeatureFlusher(runtime)
     app.service(flusher)  # type: ignore[arg-type]
     app.service(ModelWatcherService(runtime, settings.model_poll_s))  # type: ignore[arg-type]
+    app.service(OpsService(app, runtime))  # type: ignore[arg-type]
     watchdog = RecoveryWatchdog(app, settings.recovery_stall_s)
     runtime.extra["recovery_watchdog"] = watchdog
     app.service(watchdog)  # type: ignore[arg-type]
@@ -294,6 +395,7 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         await deliver_rec(rec, None)
 
     async def deliver_rec(rec: Any, token: Any) -> None:
+        runtime.quality.shown(rec.user_id, (i.item_id for i in rec.items))
         await runtime.publish(recs_name, rec.user_id.encode(), encode(rec), None)
         out_recs.inc()
         metrics.recs_served.labels(path="topic", source=rec.model).inc()
@@ -314,6 +416,8 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         # only once its list is handed to the producer.
         noack: Any = stream.noack()  # type: ignore[attr-defined]
         batcher = runtime.batcher
+        quality = runtime.quality
+        quality_gauge = metrics.model_quality.labels(model="recs", metric="hr10")
         async for event in noack.events():
             t0 = time.perf_counter()
             message = event.message
@@ -325,6 +429,14 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
                 await noack.ack(event)
                 continue
             user = ev.user_id
+            item = getattr(ev, "item_id", None)
+            if item is not None:
+                hit = quality.test(user, item)
+                if hit is not None:
+                    quality_gauge.set(quality.value)
+                    drift = runtime.alerts.model_error("recs", 1.0 - hit)
+                    if drift:
+                        runtime.extra.setdefault("pending_alerts", []).extend(drift)
             recent = recent_items[user]
             new_recent, due = processor.learn(ev, recent)
             if new_recent is not recent:
@@ -401,6 +513,30 @@ def _register_views(app: faust.App, runtime: Runtime) -> None:
         rec = await runtime.recommender.recommend(user_id, recent, k=k)
         runtime.metrics.recs_served.labels(path="http", source=rec.model).inc()
         return web.bytes(encode(rec), content_type="application/json")
+
+    @app.page("/dashboard")
+    async def dashboard_view(web: Any, request: Any) -> Any:
+        return web.bytes(page(), content_type="text/html")
+
+    @app.page("/dashboard/data")
+    async def dashboard_data(web: Any, request: Any) -> Any:
+        lag = runtime.lag_monitor.snapshot() if runtime.lag_monitor else None
+        alerts = [msgspec.to_builtins(a) for a in runtime.alerts.history]
+        return web.json(runtime.timeline.data(lag, alerts))
+
+    @app.page("/dashboard/static/{name}")
+    async def dashboard_static(web: Any, request: Any, name: str) -> Any:
+        data = vendor_file(name)
+        if data is None:
+            return web.json({"error": "not_found", "detail": f"{name}: run `make bootstrap`"}, status=404)
+        ctype = "text/css" if name.endswith(".css") else "application/javascript"
+        return web.bytes(data, content_type=ctype)
+
+    @app.page("/lag")
+    async def lag_view(web: Any, request: Any) -> Any:
+        if runtime.lag_monitor is None:
+            return web.json({"error": "lag monitor disabled (SHOPSTREAM_LAG_MONITOR=false)"}, status=404)
+        return web.json(runtime.lag_monitor.snapshot())
 
     @app.page("/models")
     async def models_view(web: Any, request: Any) -> Any:

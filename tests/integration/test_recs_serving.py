@@ -88,7 +88,9 @@ def click(user: str, item: str, kind: str = "click", category: str | None = None
 
 def test_train_register_serve_hot_swap_and_refuse_bad_sha(settings_factory, worker_factory, tmp_path: Path):
     models = tmp_path / "models"
-    settings = settings_factory(model_dir=models, model_poll_s=0.2)
+    # Training v2 below shares this machine's two cores with the worker: a generous
+    # Redis timeout keeps the worker on the trained model instead of its fallback.
+    settings = settings_factory(model_dir=models, model_poll_s=0.2, recs_redis_timeout_s=1.0)
     registry = ModelRegistry(models)
     inter = shop_interactions()
     res = train_recs(

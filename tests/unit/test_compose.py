@@ -25,7 +25,10 @@ DASHBOARD_METRICS = {
     "shopstream_events_out_total",
     "shopstream_dlq_events_total",
     "shopstream_processing_seconds_bucket",
-    "shopstream_consumer_lag_messages",
+    "shopstream_consumer_lag",
+    "shopstream_consumer_lag_seconds",
+    "shopstream_consumer_group_status",
+    "shopstream_model_quality",
 }
 MISSING_COMPOSE = (
     "docker-compose is not on PATH; run `make bootstrap` (it installs Debian's docker-compose with apt)."
@@ -131,3 +134,23 @@ def test_grafana_dashboard() -> None:
     assert names >= DASHBOARD_METRICS, f"missing: {DASHBOARD_METRICS - names}"
     stray = sorted(n for n in names if not n.startswith("shopstream_"))
     assert not stray, f"dashboard references non-shopstream metrics: {stray}"
+    unknown = names - exported_names()
+    assert not unknown, f"the dashboard uses metrics no worker exports: {sorted(unknown)}"
+
+
+def exported_names() -> set[str]:
+    """Every sample name the workers' metrics can produce."""
+    from ops.metrics import Metrics
+
+    out: set[str] = set()
+    for family in Metrics().registry.collect():
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
+        out.update(family.name + s for s in suffixes)
+    return out
+
+
+def test_prometheus_alert_rules_use_exported_metrics() -> None:
+    text = (ROOT / "infra" / "prometheus" / "alerts.yml").read_text()
+    exprs = [ln.split("expr:", 1)[1] for ln in text.splitlines() if ln.strip().startswith("expr:")]
+    names = set().union(*(metric_names(e) for e in exprs)) - {"up"}
+    assert names and names <= exported_names(), sorted(names - exported_names())
