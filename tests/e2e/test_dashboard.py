@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from schemas.events import OPS_ALERT_CODEC
 from shopstream.replay import produce
 from shopstream.sim import SyntheticShop
 from streams.app import ensure_topics
+from tests.kafka_util import consume_until
 
 pytestmark = pytest.mark.e2e
 
@@ -45,7 +47,8 @@ def _driver():
 
 
 def test_dashboard_draws_live_lag_and_throughput(settings_factory, worker_factory):
-    settings = settings_factory(lag_interval_s=1.0)
+    # A tiny lag threshold, so that the live replay fires an alert.
+    settings = settings_factory(lag_interval_s=1.0, alert_lag_s=0.05)
     asyncio.run(ensure_topics(settings))
     worker = worker_factory(settings)
     worker.wait_ready(timeout=90, topic=settings.topic_prefix + "shop.clicks.v1")
@@ -96,6 +99,15 @@ def test_dashboard_draws_live_lag_and_throughput(settings_factory, worker_factor
         driver.save_screenshot(str(ARTIFACTS / "dashboard.png"))
         assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
         assert not driver.execute_script("return document.getElementById('notice').textContent")
+        # The alert reached the ops-alerts topic (from the one worker) and the page.
+        msgs = asyncio.run(
+            consume_until(
+                settings.kafka_bootstrap, settings.topic_prefix + "ops.alerts.v1", lambda m: len(m) >= 1, 30
+            )
+        )
+        alerts = [OPS_ALERT_CODEC.decode(m.value) for m in msgs]
+        assert any(a.kind == "lag_seconds" and a.status == "firing" for a in alerts), alerts
+        assert driver.find_elements("css selector", "#t-alerts tbody tr")
     finally:
         driver.quit()
         stop.set()
