@@ -60,6 +60,7 @@ bench: bench-deps
 	$(PY) -m benchmarks.recs_quality
 	$(PY) -m benchmarks.recs_latency
 	$(PY) -m benchmarks.lag_monitor
+	$(PY) -m benchmarks.demand_quality
 
 bench-quick: bench-deps
 	$(PY) -m benchmarks.codec --quick
@@ -67,6 +68,7 @@ bench-quick: bench-deps
 	$(PY) -m benchmarks.recs_quality --quick
 	$(PY) -m benchmarks.recs_latency --quick
 	$(PY) -m benchmarks.lag_monitor --quick
+	$(PY) -m benchmarks.demand_quality --quick
 
 clean:
 	rm -rf .var .pytest_cache .mypy_cache .ruff_cache
