@@ -189,6 +189,22 @@ class StockCount(_InventoryEvent, tag="stock_count", kw_only=True, frozen=True):
 
 InventoryEvent = Union[Receipt, Adjustment, StockCount]
 
+
+class DemandEvent(msgspec.Struct, tag_field="type", tag="demand", kw_only=True, frozen=True):
+    """One order line re-keyed by sku (internal topic shop.demand.v1).
+
+    ``qty`` is signed: positive for a placed order, negative for a return or
+    cancellation. ``event_id`` is the order event's id and the line number.
+    """
+
+    event_id: Id
+    ts: Ts
+    sku: Id
+    warehouse: Id = "main"
+    qty: Annotated[int, msgspec.Meta(ge=-1_000_000, le=1_000_000)]
+    order_id: Id
+
+
 # --- outputs -------------------------------------------------------------------
 
 
@@ -287,6 +303,7 @@ AD_EVENT_CODEC: Codec[AdEvent] = Codec(AdEvent, DEFAULT_MAX_BYTES)  # type: igno
 REVIEW_CODEC: Codec[Review] = Codec(Review, DEFAULT_MAX_BYTES)
 SUPPORT_CODEC: Codec[SupportMessage] = Codec(SupportMessage, DEFAULT_MAX_BYTES)
 INVENTORY_CODEC: Codec[InventoryEvent] = Codec(InventoryEvent, DEFAULT_MAX_BYTES)  # type: ignore[arg-type]
+DEMAND_CODEC: Codec[DemandEvent] = Codec(DemandEvent, DEFAULT_MAX_BYTES)
 RECOMMENDATION_CODEC: Codec[Recommendation] = Codec(Recommendation)
 DEAD_LETTER_CODEC: Codec[DeadLetter] = Codec(DeadLetter, 16 * 1024 * 1024)
 REPLENISHMENT_CODEC: Codec[ReplenishmentAlert] = Codec(ReplenishmentAlert)

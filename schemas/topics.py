@@ -30,6 +30,9 @@ CARE_ROUTING = "care.routing.v1"
 CRM_SIGNALS = "crm.signals.v1"
 OPS_ALERTS = "ops.alerts.v1"
 
+#: Internal: order lines re-keyed by sku for the inventory agent.
+DEMAND = "shop.demand.v1"
+
 INPUTS = (CLICKS, ORDERS, AD_EVENTS, BID_REQUESTS, REVIEWS, CARE_MESSAGES, INVENTORY)
 OUTPUTS = (RECOMMENDATIONS, BID_RESPONSES, REPLENISHMENT, CARE_ROUTING, CRM_SIGNALS, OPS_ALERTS)
 
@@ -62,3 +65,7 @@ class Topics:
     def outputs(self) -> list[str]:
         """Every output topic."""
         return [self.prefix + t for t in OUTPUTS]
+
+    def internal(self) -> list[str]:
+        """Topics the app writes and reads itself (re-keying)."""
+        return [self.prefix + DEMAND]

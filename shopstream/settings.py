@@ -112,6 +112,14 @@ class Settings:
     alert_lag_s: float = 30.0
     #: Alert when dead letters arrive faster than this, per second (clears below half of it).
     alert_dlq_per_s: float = 1.0
+    #: Demand windows (tumbling), seconds; daily by default.
+    demand_window_s: float = 86_400.0
+    #: Events up to this much older than the newest one still land in their window, seconds.
+    demand_lateness_s: float = 2 * 86_400.0
+    #: Replenishment lead time, in demand windows.
+    lead_time_windows: int = 3
+    #: Target service level (probability of no stock-out over the lead time).
+    service_level: float = 0.95
     #: Offsets commit interval, seconds.
     commit_interval_s: float = 1.0
     #: Worker log level.

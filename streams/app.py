@@ -37,10 +37,11 @@ from ops.metrics import Metrics
 from ops.quality import PrequentialHits
 from schemas.codec import Codec, encode
 from schemas.errors import SchemaError
-from schemas.events import ClickEvent, Order
+from schemas.events import ClickEvent, DemandEvent, InventoryEvent, Order
 from schemas.topics import Topics
 from serving.clickstream import ClickstreamProcessor
 from serving.features import FeatureWriter, RedisFeatureStore
+from serving.inventory import InventoryProcessor, UnknownSku
 from serving.recs import MicroBatcher, ModelWatcher, Recommender, RecRequest, parse_boosts
 from serving.registry import ModelRegistry
 from shopstream.services import MESSAGE_MAX_BYTES
@@ -477,6 +478,7 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
             order_time.observe(time.perf_counter() - t0)
 
     runtime.extra["recommend_agent"] = recommend
+    _inventory_agents(app, runtime, orders_topic)
 
     if settings.archive:
         archiver = LakeArchiver(runtime)
@@ -484,6 +486,94 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         app.service(archiver)  # type: ignore[arg-type]
     _register_views(app, runtime)
     return app
+
+
+def _inventory_agents(app: faust.App, runtime: Runtime, orders_topic: Any) -> None:
+    """Orders → demand re-keyed by sku → per-SKU windows, forecasts and replenishment alerts.
+
+    Partitioning: orders are keyed by user, so ``inventory_demand`` re-keys each
+    order line by sku onto ``shop.demand.v1`` (its Kafka timestamp is the
+    order's event time). ``inventory`` reads that topic and ``shop.inventory.v1``
+    (both keyed by sku, same partition count), so one worker owns each SKU's
+    state table entry. Schema errors in orders are dead-lettered once, by the
+    recommendation agent that reads the same topic.
+    """
+    s = runtime.settings
+    topics = runtime.topics
+    metrics = runtime.metrics
+    demand_name = topics.demand
+    processor = InventoryProcessor(
+        window_s=s.demand_window_s,
+        lateness_s=s.demand_lateness_s,
+        lead_time=s.lead_time_windows,
+        service_level=s.service_level,
+    )
+    runtime.extra["inventory_processor"] = processor
+    order_codec: Codec[Order] = Codec(Order, s.max_event_bytes)
+    demand_codec: Codec[DemandEvent] = Codec(DemandEvent, s.max_event_bytes)
+    inventory_codec: Codec[InventoryEvent] = Codec(InventoryEvent, s.max_event_bytes)  # type: ignore[arg-type]
+    state = app.Table("inventory-state", default=dict, partitions=s.partitions)
+    runtime.extra["inventory_state"] = state
+    stock_topic = app.topic(demand_name, topics.inventory, partitions=s.partitions, value_serializer="raw")
+    out_alerts = metrics.events_out.labels(topic=topics.replenishment)
+    in_inventory = metrics.events_in.labels(topic=topics.inventory)
+    inv_time = metrics.processing.labels(agent="inventory")
+
+    @app.agent(orders_topic, name="inventory_demand")
+    async def inventory_demand(stream: faust.StreamT) -> None:
+        """Order lines → ``shop.demand.v1`` keyed by sku (returns and cancellations negative)."""
+        async for event in stream.events():
+            try:
+                order = order_codec.decode(event.message.value)
+            except SchemaError:
+                continue  # dead-lettered by recommend_orders
+            sign = 1 if order.status == "placed" else -1
+            for n, line in enumerate(order.lines):
+                ev = DemandEvent(
+                    event_id=f"{order.event_id}:{n}",
+                    ts=order.ts,
+                    sku=line.sku,
+                    warehouse=order.warehouse or "main",
+                    qty=sign * line.qty,
+                    order_id=order.order_id,
+                )
+                await app.producer.send(
+                    demand_name, line.sku.encode(), encode(ev), None, order.ts or None, None
+                )
+
+    @app.agent(stock_topic, name="inventory")
+    async def inventory(stream: faust.StreamT) -> None:
+        """Demand and inventory events → per-SKU state → replenishment alerts and stock-outs in Redis."""
+        async for event in stream.events():
+            t0 = time.perf_counter()
+            message = event.message
+            is_demand = message.topic == demand_name
+            if not is_demand:
+                in_inventory.inc()
+            try:
+                ev: Any = (demand_codec if is_demand else inventory_codec).decode(message.value)
+            except SchemaError as err:
+                await runtime.dlq.send(err, message)
+                continue
+            st = dict(state[ev.sku]) or processor.new_state()
+            try:
+                alerts = processor.on_demand(st, ev) if is_demand else processor.on_inventory(st, ev)
+            except UnknownSku:
+                unknown = SchemaError("unknown_sku", f"no inventory event ever named sku {ev.sku!r}", "$.sku")
+                await runtime.dlq.send(unknown, message)
+                continue
+            state[ev.sku] = st
+            for alert in alerts:
+                await runtime.publish(topics.replenishment, alert.sku.encode(), encode(alert), None)
+                out_alerts.inc()
+            runtime.features.update(
+                "item",
+                ev.sku,
+                set_={"oos": "1" if st["on_hand"] <= 0 else "0", "on_hand": str(st["on_hand"])},
+            )
+            inv_time.observe(time.perf_counter() - t0)
+
+    runtime.extra["inventory_agent"] = inventory
 
 
 MAX_K = 100
@@ -538,6 +628,23 @@ def _register_views(app: faust.App, runtime: Runtime) -> None:
             return web.json({"error": "lag monitor disabled (SHOPSTREAM_LAG_MONITOR=false)"}, status=404)
         return web.json(runtime.lag_monitor.snapshot())
 
+    inventory_state = runtime.extra["inventory_state"]
+    inventory_processor: InventoryProcessor = runtime.extra["inventory_processor"]
+
+    @app.page("/inventory/{sku}")
+    @app.table_route(table=inventory_state, match_info="sku")
+    async def inventory_view(web: Any, request: Any, sku: str) -> Any:
+        """A SKU's stock, closed demand windows, forecast and reorder point (from the worker that owns it)."""
+        st = inventory_state.get(sku)
+        if not st:
+            return web.json({"error": "unknown_sku", "sku": sku}, status=404)
+        doc = dict(st)
+        doc.pop("seen", None)
+        if st["history"]:
+            plan = inventory_processor.plan(sku, dict(st))
+            doc["plan"] = {k: v for k, v in plan.items()}
+        return web.json(doc)
+
     @app.page("/models")
     async def models_view(web: Any, request: Any) -> Any:
         return web.json(runtime.model_watcher.status())
@@ -566,6 +673,8 @@ async def ensure_topics(settings: Settings) -> list[str]:
     wanted = {name: settings.partitions for name in t.inputs()}
     wanted.update({f"{name}.dlq": settings.partitions for name in t.inputs()})
     wanted.update({name: settings.partitions for name in t.outputs()})
+    wanted.update({name: settings.partitions for name in t.internal()})
+    wanted.update({f"{name}.dlq": settings.partitions for name in t.internal()})
     return await create_topics(settings.kafka_bootstrap, wanted, settings.replication)
 
 
