@@ -6,10 +6,11 @@ demand and inventory topics) and calls :meth:`~InventoryProcessor.on_demand`
 and :meth:`~InventoryProcessor.on_inventory` with it.
 
 **Windows.** Demand is summed in tumbling windows of ``window_s`` by *event
-time*. A window closes when the SKU's newest event is more than
-``lateness_s`` past the window's end: events up to that late land in their
-own window; later ones still move the stock level but no longer change
-closed demand (counted as ``late_dropped``). Windows without orders close
+time*, per SKU and per SKU x warehouse (``by_warehouse``). A window closes
+when the SKU's newest event is more than ``lateness_s`` past the window's
+end: events up to that late land in their own window; later ones still
+move the stock level but no longer change closed demand (counted as
+``late_dropped``). Windows without orders close
 as zero demand. Faust's own windowed tables expire windows by the wall clock
 (``WindowT.stale(ts, time.time())``), which is wrong for event time and for
 replays, so the windows live in this state instead.
@@ -93,6 +94,8 @@ class InventoryProcessor:
             "known": False,
             "on_hand": 0,
             "open": {},
+            "open_wh": {},
+            "by_warehouse": {},
             "closed_until": None,
             "watermark": 0.0,
             "history": [],
@@ -154,6 +157,8 @@ class InventoryProcessor:
         else:
             key = repr(start)
             st["open"][key] = st["open"].get(key, 0) + ev.qty
+            wh = st.setdefault("open_wh", {}).setdefault(ev.warehouse, {})
+            wh[key] = wh.get(key, 0) + ev.qty
         st["watermark"] = max(st["watermark"], ev.ts)
         self._close_windows(ev.sku, st)
         return self._check(ev.sku, st, ev.ts)
@@ -164,6 +169,10 @@ class InventoryProcessor:
             start = st["closed_until"]
             total = float(st["open"].pop(repr(start), 0))
             st["history"].append(total)
+            for wh, windows in st.get("open_wh", {}).items():
+                hist_wh = st.setdefault("by_warehouse", {}).setdefault(wh, [])
+                hist_wh.append(float(windows.pop(repr(start), 0)))
+                del hist_wh[:-HISTORY]
             del st["history"][:-HISTORY]
             st["n_closed"] = st.get("n_closed", 0) + 1
             f.learn_one(total)
@@ -185,7 +194,14 @@ class InventoryProcessor:
         up_to = rop + forecast[self.lead_time]
         on_hand = st["on_hand"]
         risk = 1.0 - statistics.NormalDist(lead, max(sd_lead, 1e-6)).cdf(on_hand)
-        return {"forecast": forecast, "reorder_point": rop, "order_up_to": up_to, "stockout_risk": risk}
+        lo, hi = f.interval(self.horizon, level=0.9)
+        return {
+            "forecast": forecast,
+            "interval_90": [lo, hi],
+            "reorder_point": rop,
+            "order_up_to": up_to,
+            "stockout_risk": risk,
+        }
 
     def _check(self, sku: str, st: State, ts: float) -> list[ReplenishmentAlert]:
         if not st["history"]:
