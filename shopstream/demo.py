@@ -125,11 +125,17 @@ async def _watch(settings: Settings, worker, stop: asyncio.Event, started: float
                 ev_in = metric_value(text, "shopstream_events_in_total")
                 lake = metric_value(text, "shopstream_lake_rows_total")
                 dlq = metric_value(text, "shopstream_dlq_events_total")
+                restock = metric_value(
+                    text,
+                    "shopstream_events_out_total",
+                    {"topic": settings.topic_prefix + "ops.replenishment.v1"},
+                )
                 rate = (ev_in - last_in) / (now - last_t) if now > last_t else 0.0
                 last_in, last_t = ev_in, now
                 print(
                     f"[{now - started:6.1f}s] processed {ev_in:,.0f} clicks ({rate:,.0f}/s) | "
-                    f"recommendations {recs:,} | lake rows {lake:,.0f} | dead letters {dlq:,.0f}",
+                    f"recommendations {recs:,} | reorder alerts {restock:,.0f} | lake rows {lake:,.0f} | "
+                    f"dead letters {dlq:,.0f}",
                     flush=True,
                 )
                 for m in msgs[-3:]:
@@ -179,6 +185,7 @@ def run_demo(
     try:
         h = worker.wait_ready(timeout=120, topic=settings.topic_prefix + "shop.clicks.v1")
         print(f"worker: ready, owns {len(h['assigned'])} partitions; metrics at {worker.url}/metrics")
+        print(f"dashboard: {worker.url}/dashboard  (consumer lag, throughput, latency, alerts)")
         print(f"replay: synthetic shop, seed {seed}, {rate:.0f} events/s", flush=True)
 
         async def main() -> dict[str, float]:

@@ -71,7 +71,8 @@ class WorkerProcess:
             if not self.alive():
                 raise RuntimeError(f"worker {self.name} exited; log:\n{self.tail_log()}")
             h = self.health()
-            if h and (topic is None or any(a.startswith(topic + ":") for a in h.get("assigned", []))):
+            owns = h is not None and any(a.startswith(f"{topic}:") for a in h.get("assigned", []))
+            if h and (topic is None or (owns and h.get("ready", True))):
                 return h
             time.sleep(0.2)
         raise TimeoutError(f"worker {self.name} not ready in {timeout}s; log:\n{self.tail_log()}")

@@ -83,6 +83,7 @@ class SyntheticShop:
         self.users = [f"user-{u:05d}" for u in range(n_users)]
         self.tastes = [self._taste() for _ in range(n_users)]
         self.ts = start_ts
+        self._stocked: set[str] = set()
         self.dt = 1.0 / max(events_per_s, 1e-6)
         self.ad_share = ad_share
         self._n = itertools.count()
@@ -148,6 +149,25 @@ class SyntheticShop:
                 if kind == "add_to_cart":
                     cart.append(it)
         if cart and rng.random() < 0.5:
+            # The first order of a SKU comes after its opening stock count (a stock
+            # take before the shop opened), so the inventory agent knows every SKU sold.
+            for it in cart:
+                if it.item_id not in self._stocked:
+                    self._stocked.add(it.item_id)
+                    yield (
+                        T.INVENTORY,
+                        it.item_id.encode(),
+                        _enc.encode(
+                            {
+                                "type": "stock_count",
+                                "event_id": self._eid(),
+                                "ts": self.ts,
+                                "sku": it.item_id,
+                                "warehouse": "main",
+                                "on_hand": 200 + 40 * int(10 * it.popularity) % 800,
+                            }
+                        ),
+                    )
             oid = f"o-{self.seed}-{next(self._orders):08d}"
             lines = [
                 {

@@ -661,6 +661,11 @@ def _register_views(app: faust.App, runtime: Runtime) -> None:
                 "worker": runtime.worker_name,
                 "uptime_s": round(time.time() - runtime.started_at, 1),
                 "assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in app.assignor.assigned_actives()),
+                # Not rebalancing, tables recovered, streams flowing: input produced now is processed
+                # (faust-streaming skips, and acks, messages fetched while a rebalance is in progress).
+                "ready": not app.rebalancing
+                and not getattr(app, "in_recovery", False)
+                and app.flow_control.is_active(),
             }
         )
 

@@ -55,6 +55,7 @@ def settings_factory(services: tuple[Kafka, Redis], tmp_path: Path) -> Callable[
             partitions=4,
             web_port=free_port(),
             data_dir=tmp_path / f"data-{tag}",
+            model_dir=tmp_path / f"models-{tag}",
             lake_dir=tmp_path / "lake",
             lake_max_age_s=2.0,
             session_timeout_s=6.0,
