@@ -536,6 +536,8 @@ def run(cfg: dict[str, float], keep_log: Path | None = None) -> tuple[dict[str, 
                 partitions=PARTITIONS,
                 data_dir=home / "worker",
                 lake_dir=home / "lake",
+                # Its own (empty) registry: the slice measured is the online model's.
+                model_dir=home / "models",
                 web_port=free_port(),
                 services_dir=home,
                 session_timeout_s=6,
