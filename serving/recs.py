@@ -513,7 +513,12 @@ class MicroBatcher:
             batch, self.pending = self.pending, []
             if not batch:
                 return 0
-            recs = await self.recommender.recommend_many([req for req, _ in batch])
+            reqs = [req for req, _ in batch]
+            try:
+                recs = await self.recommender.recommend_many(reqs)
+            except Exception as exc:  # never strand a batch: its events stay unacked until delivered
+                log.error("batch of %d lists failed (%r); serving them from the online model", len(reqs), exc)
+                recs = [self.recommender._online_only(r) for r in reqs]
             self.batches += 1
             for rec, (_, token) in zip(recs, batch, strict=True):
                 await self.deliver(rec, token)

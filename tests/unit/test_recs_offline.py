@@ -173,3 +173,29 @@ def test_boosts_and_diversity():
     assert [r[1] for r in out] == ["i0", "i1", "i2", "i6", "i7"]
     # Relaxed when the list cannot be filled otherwise.
     assert len(_diversify(ranked[:6], 5, 3)) == 5
+
+
+def test_micro_batcher_delivers_every_request_even_when_scoring_fails():
+    import asyncio
+
+    from online_models.recommender import CoVisitationRecommender
+    from serving.recs import MicroBatcher, Recommender, RecRequest
+
+    rec = Recommender(CoVisitationRecommender(seed=0), "redis://127.0.0.1:1/0")
+    rec.model = object()  # type: ignore[assignment]  # any use of it raises
+
+    delivered: list[tuple[str, str]] = []
+
+    async def deliver(r, token):
+        delivered.append((r.user_id, token))
+
+    async def run():
+        b = MicroBatcher(rec, deliver, max_batch=3)
+        for n in range(5):
+            b.add(RecRequest(f"u{n}", ["a"], event_id=f"e{n}"), f"t{n}")
+        assert b.full
+        assert await b.flush() == 5
+        await rec.close()
+
+    asyncio.run(run())
+    assert delivered == [(f"u{n}", f"t{n}") for n in range(5)]
