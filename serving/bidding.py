@@ -3,8 +3,9 @@
 :class:`PacedLinearBidder` prices an impression as linear bidding does,
 ``b0 * pCTR / mean pCTR``, times a pacing multiplier ``mu``. After each batch
 of auctions it compares spend with the plan (the budget spread evenly over
-the expected auctions) and moves ``log mu`` by ``gain`` times the relative
-gap: under-spending raises bids, over-spending lowers them. The mean pCTR is
+the expected auctions) and moves ``log mu`` by a gain times the relative
+gap: under-spending raises bids, over-spending lowers them. The gain starts
+at ``gain`` and decays to ``gain / (1 + decay)`` by the end of the plan. The mean pCTR is
 a running mean of the requests seen (started from ``prior_ctr`` with weight
 ``prior_weight``), so a drift in the CTR model's calibration moves the bids'
 scale with it.
@@ -37,7 +38,8 @@ class PacedLinearBidder:
         n_auctions: int,
         prior_ctr: float,
         prior_weight: float = 5_000.0,
-        gain: float = 0.1,
+        gain: float = 0.5,
+        decay: float = 20.0,
         mu_min: float = 0.05,
         mu_max: float = 20.0,
         max_bid: float | None = None,
@@ -48,6 +50,7 @@ class PacedLinearBidder:
         self.budget = budget
         self.n_auctions = n_auctions
         self.gain = gain
+        self.decay = decay
         self.mu_min, self.mu_max = mu_min, mu_max
         self.max_bid = max_bid
         self.mu = 1.0
@@ -79,7 +82,9 @@ class PacedLinearBidder:
         self.spent += cost
         planned = self.budget * min(self.seen / self.n_auctions, 1.0)
         gap = (planned - self.spent) / max(planned, 0.01 * self.budget)
-        self.mu = min(
-            max(self.mu * math.exp(self.gain * gap * auctions / max(self.n_auctions / 1000, 1)), self.mu_min),
-            self.mu_max,
-        )
+        # The step is scaled to the share of the plan these auctions are (1/1000 of it = one
+        # unit), and the gain decays as the plan advances: large corrections early, while the
+        # multiplier finds its level, then a steady hand.
+        gain = self.gain / (1.0 + self.decay * min(self.seen / self.n_auctions, 1.0))
+        step = gain * gap * auctions / max(self.n_auctions / 1000, 1)
+        self.mu = min(max(self.mu * math.exp(step), self.mu_min), self.mu_max)
