@@ -57,11 +57,25 @@ class AlertRules:
 
     fire_after: int = 2
     clear_after: int = 3
-    drift_cooldown: int = 1000
+    drift_cooldown: int = 100
     conds: dict[tuple[str, str], _Cond] = field(default_factory=dict)
     _adwin: dict[str, object] = field(default_factory=dict)
     _drift_quiet: dict[str, int] = field(default_factory=dict)
     history: list[OpsAlert] = field(default_factory=list)
+
+    def _emit(self, kind: str, subject: str, severity: str, message: str, status: str) -> list[OpsAlert]:
+        alert = OpsAlert(
+            alert_id=uuid.uuid4().hex,
+            ts=time.time(),
+            severity=severity,  # type: ignore[arg-type]
+            kind=kind,
+            subject=subject,
+            message=message,
+            status=status,  # type: ignore[arg-type]
+        )
+        self.history.append(alert)
+        del self.history[:-500]
+        return [alert]
 
     def _step(self, kind: str, subject: str, active: bool, severity: str, message: str) -> list[OpsAlert]:
         c = self.conds.setdefault((kind, subject), _Cond())
@@ -72,18 +86,9 @@ class AlertRules:
         if c.streak < (self.fire_after if active else self.clear_after):
             return []
         c.firing, c.streak = active, 0
-        alert = OpsAlert(
-            alert_id=uuid.uuid4().hex,
-            ts=time.time(),
-            severity=severity if active else "info",  # type: ignore[arg-type]
-            kind=kind,
-            subject=subject,
-            message=message,
-            status="firing" if active else "resolved",
+        return self._emit(
+            kind, subject, severity if active else "info", message, "firing" if active else "resolved"
         )
-        self.history.append(alert)
-        del self.history[:-500]
-        return [alert]
 
     def group_status(self, group: str, status: str) -> list[OpsAlert]:
         """A consumer group's status: anything but OK is an alert (after ``fire_after`` evaluations)."""
@@ -109,46 +114,29 @@ class AlertRules:
         return self._step(kind, subject, active, severity, msg)
 
     def model_error(self, model: str, error: float) -> list[OpsAlert]:
-        """Feed one prequential error (0 = hit, 1 = miss) of an online model; ADWIN detects drift."""
+        """Feed a prequential error of an online model (a miss rate in 0..1); ADWIN detects drift."""
         from river import drift
 
         det = self._adwin.get(model)
         if det is None:
             det = self._adwin[model] = drift.ADWIN(delta=0.001)
         det.update(error)  # type: ignore[attr-defined]
+        cond = self.conds.setdefault(("model_drift", model), _Cond())
         if det.drift_detected:  # type: ignore[attr-defined]
             self._drift_quiet[model] = 0
+            if cond.firing:
+                return []
+            cond.firing = True
             est = det.estimation  # type: ignore[attr-defined]
-            c = self.conds.setdefault(("model_drift", model), _Cond())
-            if not c.firing:
-                c.firing = True
-                alert = OpsAlert(
-                    alert_id=uuid.uuid4().hex,
-                    ts=time.time(),
-                    severity="warning",
-                    kind="model_drift",
-                    subject=model,
-                    message=f"{model}: prequential error drifted (ADWIN), now {est:.3f}",
-                )
-                self.history.append(alert)
-                return [alert]
-            return []
+            msg = f"{model}: prequential error drifted (ADWIN), now {est:.3f}"
+            return self._emit("model_drift", model, "warning", msg, "firing")
         quiet = self._drift_quiet.get(model, 0) + 1
         self._drift_quiet[model] = quiet
-        cond = self.conds.get(("model_drift", model))
-        if cond is not None and cond.firing and quiet >= self.drift_cooldown:
+        if cond.firing and quiet >= self.drift_cooldown:
             cond.firing = False
-            alert = OpsAlert(
-                alert_id=uuid.uuid4().hex,
-                ts=time.time(),
-                severity="info",
-                kind="model_drift",
-                subject=model,
-                message=f"{model}: no drift for {quiet} evaluations",
-                status="resolved",
+            return self._emit(
+                "model_drift", model, "info", f"{model}: no drift for {quiet} updates", "resolved"
             )
-            self.history.append(alert)
-            return [alert]
         return []
 
     def active(self) -> list[tuple[str, str]]:

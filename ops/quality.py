@@ -12,6 +12,10 @@ Examples
 (1.0, 0.0, None)
 >>> q.value
 0.5
+>>> q2 = PrequentialHits(batch=2)
+>>> q2.shown("u", ["a"])
+>>> q2.test("u", "a"), q2.batch_error(), q2.test("u", "b"), q2.batch_error()
+(1.0, None, 0.0, 0.5)
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from collections.abc import Iterable
 class PrequentialHits:
     """Rolling prequential hit rate of the lists shown to users."""
 
-    def __init__(self, window: int = 1000, max_users: int = 100_000) -> None:
+    def __init__(self, window: int = 1000, max_users: int = 100_000, batch: int = 50) -> None:
         self.last: OrderedDict[str, frozenset[str]] = OrderedDict()
         self.max_users = max_users
         self.hits: deque[float] = deque(maxlen=window)
         self.total = 0
+        self.batch = batch
+        self._misses = 0.0
 
     def shown(self, user: str, items: Iterable[str]) -> None:
         """Remember the list ``user`` was just shown."""
@@ -44,7 +50,18 @@ class PrequentialHits:
         hit = 1.0 if item in lst else 0.0
         self.hits.append(hit)
         self.total += 1
+        self._misses += 1.0 - hit
         return hit
+
+    def batch_error(self) -> float | None:
+        """The miss rate of the last ``batch`` tests, once every ``batch`` tests (else None).
+
+        A drift detector fed these means costs 1/``batch`` of one fed every test.
+        """
+        if self.total % self.batch or not self.total:
+            return None
+        err, self._misses = self._misses / self.batch, 0.0
+        return err
 
     @property
     def value(self) -> float:

@@ -120,13 +120,33 @@ class ClickstreamProcessor:
         k: int | None = None,
     ) -> Recommendation:
         """A recommendation for ``user_id`` from the current model."""
-        scored = self.model.recommend(user_id, recent, k or self.k)
-        now = time.time()
-        return Recommendation(
-            event_id=event_id,
-            user_id=user_id,
-            items=[RecItem(item_id=s.item_id, score=round(s.score, 6), reason=s.reason) for s in scored],
-            model=MODEL_NAME,
-            source_ts=now if source_ts is None else source_ts,
-            generated_at=now,
-        )
+        return online_recommendation(self.model, user_id, recent, k or self.k, event_id, source_ts)
+
+
+def recommendation(
+    user_id: str, items: list[RecItem], model: str, event_id: str = "", source_ts: float | None = None
+) -> Recommendation:
+    """A :class:`Recommendation` stamped now (``source_ts`` defaults to now: a request, not an event)."""
+    now = time.time()
+    return Recommendation(
+        event_id=event_id,
+        user_id=user_id,
+        items=items,
+        model=model,
+        source_ts=now if source_ts is None else source_ts,
+        generated_at=now,
+    )
+
+
+def online_recommendation(
+    model: CoVisitationRecommender,
+    user_id: str,
+    recent: list[str],
+    k: int,
+    event_id: str = "",
+    source_ts: float | None = None,
+) -> Recommendation:
+    """Top-``k`` from the online model alone (no trained model, or its features unavailable)."""
+    scored = model.recommend(user_id, recent, k)
+    items = [RecItem(item_id=s.item_id, score=round(s.score, 6), reason=s.reason) for s in scored]
+    return recommendation(user_id, items, MODEL_NAME, event_id, source_ts)

@@ -60,6 +60,7 @@ from redis.exceptions import NoScriptError
 
 from online_models.recommender import CoVisitationRecommender
 from schemas.events import RecItem, Recommendation
+from serving.clickstream import online_recommendation, recommendation
 from serving.registry import ModelRegistry, ModelVersion
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,6 @@ class Recommender:
         boosts: dict[tuple[str, str], float] | None = None,
         timeout_s: float = 0.05,
         retry_after_s: float = 1.0,
-        online_name: str = "covis-biasedmf-v1",
         metrics: Any = None,
         online_weight: float = 0.3,
     ) -> None:
@@ -254,7 +254,6 @@ class Recommender:
         self.n_covis = n_covis
         self.max_per_category = max_per_category
         self.boosts = boosts or {}
-        self.online_name = online_name
         self.online_weight = online_weight
         self.retry_after_s = retry_after_s
         self.metrics = metrics
@@ -427,27 +426,13 @@ class Recommender:
             ranked.append((s, c.item_id, reason, cat))
         ranked.sort(key=lambda r: -r[0])
         req = p.req
-        items = _diversify(ranked, req.k or self.k, self.max_per_category)
-        now = time.time()
-        return Recommendation(
-            event_id=req.event_id,
-            user_id=req.user_id,
-            items=[RecItem(item_id=i, score=round(s, 6), reason=r) for s, i, r, _ in items],
-            model=model.tag,
-            source_ts=now if req.source_ts is None else req.source_ts,
-            generated_at=now,
-        )
+        top = _diversify(ranked, req.k or self.k, self.max_per_category)
+        items = [RecItem(item_id=i, score=round(s, 6), reason=r) for s, i, r, _ in top]
+        return recommendation(req.user_id, items, model.tag, req.event_id, req.source_ts)
 
     def _online_only(self, req: RecRequest) -> Recommendation:
-        scored = self.online.recommend(req.user_id, req.recent, req.k or self.k)
-        now = time.time()
-        return Recommendation(
-            event_id=req.event_id,
-            user_id=req.user_id,
-            items=[RecItem(item_id=s.item_id, score=round(s.score, 6), reason=s.reason) for s in scored],
-            model=self.online_name,
-            source_ts=now if req.source_ts is None else req.source_ts,
-            generated_at=now,
+        return online_recommendation(
+            self.online, req.user_id, req.recent, req.k or self.k, req.event_id, req.source_ts
         )
 
 

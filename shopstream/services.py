@@ -12,6 +12,7 @@ fixtures (which pass free ports and a temporary directory).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import dataclasses
 import os
@@ -101,7 +102,7 @@ def ensure_kafka_jars(quiet: bool = False) -> Path:
     return JARS
 
 
-class _Local:
+class _Local(abc.ABC):
     """What the local services share: a pid file, a port, idempotent start/stop, status."""
 
     name: str
@@ -113,8 +114,9 @@ class _Local:
     stop_grace_s: float = 20.0
 
     @property
+    @abc.abstractmethod
     def address(self) -> str:
-        raise NotImplementedError
+        """How clients reach the service (a bootstrap address or a URL)."""
 
     @property
     def pidfile(self) -> Path:

@@ -253,6 +253,8 @@ class OpsService(Service):
                 alerts += rt.alerts.threshold(
                     "lag_seconds", g["group"], g["max_lag_seconds"], fire, fire * 2 / 3
                 )
+        if rt.quality.total:
+            m.model_quality.labels(model="recs", metric="hr10").set(rt.quality.value)
         point = rt.timeline.add(m.render().decode(), snap, [])
         fire = rt.settings.alert_dlq_per_s
         alerts += rt.alerts.threshold("dlq_rate", rt.worker_name, point["dlq_per_s"], fire, fire / 2)
@@ -418,26 +420,20 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         noack: Any = stream.noack()  # type: ignore[attr-defined]
         batcher = runtime.batcher
         quality = runtime.quality
-        quality_gauge = metrics.model_quality.labels(model="recs", metric="hr10")
         async for event in noack.events():
             t0 = time.perf_counter()
             message = event.message
             in_clicks.inc()
-            try:
-                ev = click_codec.decode(message.value)
-            except SchemaError as err:
-                await runtime.dlq.send(err, message)
+            ev = await runtime.dlq.decode(click_codec, message)
+            if ev is None:
                 await noack.ack(event)
                 continue
             user = ev.user_id
             item = getattr(ev, "item_id", None)
-            if item is not None:
-                hit = quality.test(user, item)
-                if hit is not None:
-                    quality_gauge.set(quality.value)
-                    drift = runtime.alerts.model_error("recs", 1.0 - hit)
-                    if drift:
-                        runtime.extra.setdefault("pending_alerts", []).extend(drift)
+            if item is not None and quality.test(user, item) is not None:
+                miss_rate = quality.batch_error()
+                if miss_rate is not None and (drift := runtime.alerts.model_error("recs", miss_rate)):
+                    runtime.extra.setdefault("pending_alerts", []).extend(drift)
             recent = recent_items[user]
             new_recent, due = processor.learn(ev, recent)
             if new_recent is not recent:
@@ -461,12 +457,8 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
             t0 = time.perf_counter()
             message = event.message
             in_orders.inc()
-            try:
-                order = order_codec.decode(message.value)
-            except SchemaError as err:
-                await runtime.dlq.send(err, message)
-                continue
-            if order.status != "placed":
+            order = await runtime.dlq.decode(order_codec, message)
+            if order is None or order.status != "placed":
                 continue
             user = order.user_id
             recent, bought = processor.learn_order(order, recent_items[user], bought_items[user])
@@ -550,10 +542,8 @@ def _inventory_agents(app: faust.App, runtime: Runtime, orders_topic: Any) -> No
             is_demand = message.topic == demand_name
             if not is_demand:
                 in_inventory.inc()
-            try:
-                ev: Any = (demand_codec if is_demand else inventory_codec).decode(message.value)
-            except SchemaError as err:
-                await runtime.dlq.send(err, message)
+            ev: Any = await runtime.dlq.decode(demand_codec if is_demand else inventory_codec, message)
+            if ev is None:
                 continue
             st = dict(state[ev.sku]) or processor.new_state()
             try:

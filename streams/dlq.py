@@ -63,6 +63,14 @@ class DeadLetterSink:
         self.metrics = metrics
         self.worker = worker
 
+    async def decode(self, codec: Any, message: Any) -> Any:
+        """``codec.decode`` of the message's value, or None after dead-lettering it."""
+        try:
+            return codec.decode(message.value)
+        except SchemaError as err:
+            await self.send(err, message)
+            return None
+
     async def send(self, error: SchemaError, message: Any) -> Any:
         """Dead-letter a Faust ``Message``; return the delivery future to await."""
         dl = dead_letter(
