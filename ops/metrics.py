@@ -124,6 +124,38 @@ class Metrics:
             registry=r,
         )
 
+        self.bids = Counter(
+            "shopstream_bids",
+            "Bid decisions, by path (topic, http) and outcome (bid, or no-bid with its reason).",
+            ["path", "outcome"],
+            registry=r,
+        )
+        self.bid_seconds = Histogram(
+            "shopstream_bid_seconds",
+            "Time from a bid request's arrival to its response, by path.",
+            ["path"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.bid_notices = Counter(
+            "shopstream_bid_notices",
+            "Win, billing and loss notices, by kind and result (charged, duplicate, unknown, ...).",
+            ["kind", "result"],
+            registry=r,
+        )
+        self.campaign_spend = Gauge(
+            "shopstream_campaign_spend",
+            "Today's spend of a campaign, in its currency.",
+            ["campaign"],
+            registry=r,
+        )
+        self.campaign_pacing = Gauge(
+            "shopstream_campaign_pacing_multiplier",
+            "The pacing controller's bid multiplier per campaign (1 = on plan).",
+            ["campaign"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The text exposition format."""
         return bytes(generate_latest(self.registry))

@@ -80,11 +80,83 @@ class PacedLinearBidder:
         """Record ``auctions`` more auctions and the ``cost`` won in them; update the pacing multiplier."""
         self.seen += auctions
         self.spent += cost
-        planned = self.budget * min(self.seen / self.n_auctions, 1.0)
-        gap = (planned - self.spent) / max(planned, 0.01 * self.budget)
-        # The step is scaled to the share of the plan these auctions are (1/1000 of it = one
-        # unit), and the gain decays as the plan advances: large corrections early, while the
-        # multiplier finds its level, then a steady hand.
-        gain = self.gain / (1.0 + self.decay * min(self.seen / self.n_auctions, 1.0))
-        step = gain * gap * auctions / max(self.n_auctions / 1000, 1)
-        self.mu = min(max(self.mu * math.exp(step), self.mu_min), self.mu_max)
+        self.mu = pacing_step(
+            self.mu,
+            progress=min(self.seen / self.n_auctions, 1.0),
+            share=auctions / max(self.n_auctions, 1000),
+            spent=self.spent,
+            budget=self.budget,
+            gain=self.gain,
+            decay=self.decay,
+            bounds=(self.mu_min, self.mu_max),
+        )
+
+
+def pacing_step(
+    mu: float,
+    progress: float,
+    share: float,
+    spent: float,
+    budget: float,
+    gain: float,
+    decay: float,
+    bounds: tuple[float, float],
+) -> float:
+    """One move of the pacing multiplier ``mu``.
+
+    ``progress`` is how far through the plan we are (0..1), ``share`` the part
+    of the plan since the last move. The plan is the budget spread evenly:
+    ``budget * progress``. ``log mu`` moves by the relative gap between plan
+    and spend, scaled to the share of the plan (1/1000 of it = one unit), with
+    a gain that decays as the plan advances: large corrections early, while
+    the multiplier finds its level, then a steady hand.
+
+    >>> pacing_step(1.0, 0.5, 0.01, 0.0, 100.0, 0.5, 0.0, (0.1, 10.0)) > 1.0   # behind plan: bid up
+    True
+    >>> pacing_step(1.0, 0.5, 0.01, 80.0, 100.0, 0.5, 0.0, (0.1, 10.0)) < 1.0  # ahead of plan: bid down
+    True
+    """
+    planned = budget * progress
+    gap = (planned - spent) / max(planned, 0.01 * budget)
+    step = gain / (1.0 + decay * progress) * gap * share * 1000
+    return min(max(mu * math.exp(step), bounds[0]), bounds[1])
+
+
+class DayPacer:
+    """The live pacing controller of one campaign: spend against the day's plan.
+
+    The plan spreads the daily budget evenly over the UTC day (or over
+    ``period_s`` seconds from ``start``, for demos and tests). ``update`` is
+    called with the campaign's spend of the day, as the budget ledger reports
+    it for every worker together, and moves the multiplier with
+    :func:`pacing_step`.
+    """
+
+    def __init__(
+        self,
+        gain: float = 0.5,
+        decay: float = 0.0,
+        bounds: tuple[float, float] = (0.05, 10.0),
+        period_s: float = 86_400.0,
+        start: float | None = None,
+    ) -> None:
+        self.gain, self.decay, self.bounds = gain, decay, bounds
+        self.period_s = period_s
+        self.start = start
+        self.mu = 1.0
+        self._last: float | None = None
+
+    def progress(self, now: float) -> float:
+        """How far through the plan ``now`` is (0..1)."""
+        start = self.start if self.start is not None else now - now % 86_400
+        return min(max((now - start) / self.period_s, 0.0), 1.0)
+
+    def update(self, budget: float, spent: float, now: float) -> float:
+        prog = self.progress(now)
+        if self._last is not None and now > self._last:
+            share = (now - self._last) / self.period_s
+            self.mu = pacing_step(
+                self.mu, max(prog, 1e-3), share, spent, budget, self.gain, self.decay, self.bounds
+            )
+        self._last = now
+        return self.mu

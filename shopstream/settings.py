@@ -120,6 +120,25 @@ class Settings:
     lead_time_windows: int = 3
     #: Target service level (probability of no stock-out over the lead time).
     service_level: float = 0.95
+    #: Campaign file (JSON) of the bidder; empty: no campaigns, every bid request gets a no-bid.
+    #: The file is re-read when it changes (checked every ``campaigns_poll_s``).
+    campaigns: str = ""
+    campaigns_poll_s: float = 1.0
+    #: Base URL the bidder's win/billing/loss notice URLs point at; empty: this worker's web server.
+    bid_notice_url: str = ""
+    #: ``tmax`` assumed for requests that give none, and the part of it kept for the network, ms.
+    bid_default_tmax_ms: int = 100
+    bid_safety_ms: float = 5.0
+    #: First-price auctions: bid this share of the value.
+    bid_shade: float = 0.8
+    #: Pacing: the daily budget is spread evenly over this many seconds from the start of the UTC day.
+    bid_plan_s: float = 86_400.0
+    #: Registry name of the deep CTR model (served when registered).
+    ctr_model: str = "ctr"
+    #: Attribution window of the CTR label join: an impression with no click within it is a negative.
+    attribution_window_s: float = 1_800.0
+    #: A bid reservation with no win, billing or loss notice is released after this long, seconds.
+    bid_reservation_ttl_s: float = 300.0
     #: Offsets commit interval, seconds.
     commit_interval_s: float = 1.0
     #: Worker log level.

@@ -19,6 +19,7 @@ with the others; later issues add model snapshots through the registry.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
@@ -30,6 +31,7 @@ import faust
 import msgspec
 from mode import Service
 
+from online_models.ctr import CTRBlend, OnlineCTR
 from ops.alerts import AlertRules
 from ops.dashboard import Timeline, page, vendor_file
 from ops.lag import STATUSES, LagMonitor
@@ -37,8 +39,23 @@ from ops.metrics import Metrics
 from ops.quality import PrequentialHits
 from schemas.codec import Codec, encode
 from schemas.errors import SchemaError
-from schemas.events import ClickEvent, DemandEvent, InventoryEvent, Order
+from schemas.events import (
+    AdClick,
+    AdEvent,
+    ClickEvent,
+    Conversion,
+    DemandEvent,
+    Impression,
+    InventoryEvent,
+    Order,
+)
+from schemas.openrtb import BID_REQUEST_CODEC, BID_RESPONSE_CODEC, NBR, no_bid
 from schemas.topics import Topics
+from serving.attribution import AttributionJoin, Labelled
+from serving.bidder import Bidder, BidderConfig, Decision
+from serving.bidding import DayPacer
+from serving.budget import BudgetLedger
+from serving.campaigns import CampaignBook, CampaignError
 from serving.clickstream import ClickstreamProcessor
 from serving.features import FeatureWriter, RedisFeatureStore
 from serving.inventory import InventoryProcessor, UnknownSku
@@ -255,6 +272,10 @@ class OpsService(Service):
                 )
         if rt.quality.total:
             m.model_quality.labels(model="recs", metric="hr10").set(rt.quality.value)
+        ctrq = rt.extra.get("ctr_quality")
+        if ctrq is not None and ctrq.n:
+            m.model_quality.labels(model="ctr", metric="auc").set(ctrq.auc.get())
+            m.model_quality.labels(model="ctr", metric="logloss").set(ctrq.logloss.get())
         point = rt.timeline.add(m.render().decode(), snap, [])
         fire = rt.settings.alert_dlq_per_s
         alerts += rt.alerts.threshold("dlq_rate", rt.worker_name, point["dlq_per_s"], fire, fire / 2)
@@ -273,6 +294,192 @@ class OpsService(Service):
     async def on_stop(self) -> None:
         if self.runtime.lag_monitor is not None:
             await self.runtime.lag_monitor.stop()
+
+
+class BiddingService(Service):
+    """Campaign-file reloads and pacing of one worker's bidder, every ``campaigns_poll_s`` seconds."""
+
+    def __init__(self, runtime: Runtime, bidder: Bidder, **kwargs: Any) -> None:
+        self.runtime = runtime
+        self.bidder = bidder
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        try:
+            await self.bidder.ledger.warm()
+        except Exception as exc:
+            self.log.warning("budget ledger not reachable yet (bids get no-bid until it is): %s", exc)
+
+    async def tick(self) -> None:
+        rt = self.runtime
+        self.bidder.book.reload()
+        try:
+            mus = await self.bidder.update_pacing()
+            spend = await self.bidder.ledger.spend(list(mus))
+        except Exception as exc:
+            self.log.warning("pacing update failed (multipliers kept): %s", exc)
+            return
+        for cid, mu in mus.items():
+            rt.metrics.campaign_pacing.labels(campaign=cid).set(mu)
+            rt.metrics.campaign_spend.labels(campaign=cid).set(spend[cid].spent)
+
+    @Service.task
+    async def _upkeep(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.runtime.settings.campaigns_poll_s)
+            try:
+                await self.tick()
+            except Exception as exc:  # never take the worker down
+                self.log.warning("bidding upkeep failed: %s", exc)
+
+    async def on_stop(self) -> None:
+        await self.bidder.ledger.close()
+
+
+def _request_id(raw: bytes) -> str | None:
+    """The ``id`` of a bid request that failed validation, when its JSON still gives one."""
+    try:
+        doc = msgspec.json.decode(raw)
+    except Exception:
+        return None
+    rid = doc.get("id") if isinstance(doc, dict) else None
+    return rid if isinstance(rid, str) and 0 < len(rid) <= 256 else None
+
+
+def _bidding_agents(app: faust.App, runtime: Runtime) -> Bidder:
+    """Bid requests → bid responses; ad events → notices to the budget ledger and CTR labels.
+
+    Bid requests are keyed by user (falling back to the request id); the
+    response goes to ``ads.bid-responses.v1`` keyed by request id. The budget
+    is one keyed table in Redis shared by every worker (:mod:`serving.budget`
+    says why). Ad events are keyed by request id: an impression is the
+    exchange's billing notice (charged once, however often it is delivered)
+    and the start of its attribution window (:mod:`serving.attribution`).
+    """
+    s = runtime.settings
+    topics = runtime.topics
+    m = runtime.metrics
+    ledger = BudgetLedger(s.redis_url, s.redis_prefix, reservation_ttl_s=s.bid_reservation_ttl_s)
+    try:
+        book = CampaignBook(s.campaigns or None)
+    except CampaignError as exc:
+        raise SystemExit(f"shopstream: {exc}") from None
+    online = OnlineCTR()
+    blend = CTRBlend()
+    store = runtime.store
+    bidder = Bidder(
+        book,
+        ledger,
+        online,
+        blend,
+        profiles=lambda uid: store.get("user", uid),
+        config=BidderConfig(
+            notice_url=s.bid_notice_url or f"http://{s.web_host}:{s.web_port}",
+            default_tmax_ms=s.bid_default_tmax_ms,
+            safety_ms=s.bid_safety_ms,
+            shade=s.bid_shade,
+        ),
+        pacer_factory=lambda: DayPacer(period_s=s.bid_plan_s),
+    )
+    runtime.extra["bidder"] = bidder
+    app.service(BiddingService(runtime, bidder))  # type: ignore[arg-type]
+
+    requests_topic = app.topic(topics.bid_requests, partitions=s.partitions, value_serializer="raw")
+    responses = topics.bid_responses
+    in_requests = m.events_in.labels(topic=topics.bid_requests)
+    out_responses = m.events_out.labels(topic=responses)
+    topic_seconds = m.bid_seconds.labels(path="topic")
+
+    @app.agent(requests_topic, name="bid")
+    async def bid(stream: faust.StreamT) -> None:
+        """Bid requests → :meth:`Bidder.decide` → bid responses (keyed by request id)."""
+        async for event in stream.events():
+            message = event.message
+            in_requests.inc()
+            # The request's clock starts when the exchange produced it (CreateTime).
+            received = message.timestamp if message.timestamp_type == 0 else time.time()
+            req = await runtime.dlq.decode(BID_REQUEST_CODEC, message)
+            if req is None:
+                rid = _request_id(message.value)
+                if rid is not None:
+                    resp = BID_RESPONSE_CODEC.encode(no_bid(rid, NBR.INVALID_REQUEST))
+                    await runtime.publish(responses, rid.encode(), resp, None)
+                m.bids.labels(path="topic", outcome="nbr:2").inc()
+                continue
+            dec = await bidder.decide(req, received)
+            await runtime.publish(responses, req.id.encode(), BID_RESPONSE_CODEC.encode(dec.response), None)
+            out_responses.inc()
+            m.bids.labels(path="topic", outcome=dec.outcome).inc()
+            topic_seconds.observe(time.time() - received)
+
+    ad_topic = app.topic(topics.ad_events, partitions=s.partitions, value_serializer="raw")
+    ad_codec: Codec[AdEvent] = Codec(AdEvent, s.max_event_bytes)  # type: ignore[arg-type]
+    attribution = app.Table("ad-attribution", default=None, partitions=s.partitions)
+    join = AttributionJoin(s.attribution_window_s)
+    runtime.extra["attribution"] = join
+    runtime.extra["attribution_table"] = attribution
+    ctr_quality = runtime.extra["ctr_quality"] = _CTRQuality()
+    in_ads = m.events_in.labels(topic=topics.ad_events)
+
+    def learn(labels: list[Labelled]) -> None:
+        for label, _delay in labels:
+            if label.context is None:
+                continue
+            ctx = msgspec.json.decode(label.context)
+            po, pd = float(ctx["po"]), ctx.get("pd")
+            ctr_quality.add(blend.predict(po, pd), label.clicked)
+            online.learn_one(ctx["f"], label.clicked)
+            blend.learn(po, pd, label.clicked)
+
+    @app.agent(ad_topic, name="ad_events")
+    async def ad_events(stream: faust.StreamT) -> None:
+        """Impressions (billing notices) and clicks → the budget ledger and the CTR label join."""
+        async for event in stream.events():
+            message = event.message
+            in_ads.inc()
+            ev = await runtime.dlq.decode(ad_codec, message)
+            if ev is None:
+                continue
+            bid_id = f"{ev.request_id}:{ev.imp_id}"
+            part = message.partition
+            if isinstance(ev, Impression):
+                result, _ = await ledger.settle(bid_id, "bill", ev.price / 1000.0)
+                m.bid_notices.labels(kind="impression", result=result).inc()
+                ctx = await ledger.bid_context(bid_id) if result != "unknown" else None
+                learn(join.impression(attribution, part, ev.request_id, ev.imp_id, ev.ts, ctx))
+            elif isinstance(ev, AdClick):
+                learn(join.click(attribution, part, ev.request_id, ev.imp_id, ev.ts))
+            elif isinstance(ev, Conversion):
+                learn(join.advance(attribution, part, ev.ts))
+
+    runtime.extra["bid_agent"] = bid
+    return bidder
+
+
+class _CTRQuality:
+    """Prequential quality of the blended CTR (log loss and AUC over the labels seen)."""
+
+    def __init__(self) -> None:
+        from river import metrics
+
+        self.auc = metrics.ROCAUC()
+        self.logloss = metrics.LogLoss()
+        self.n = 0
+        self.positives = 0
+
+    def add(self, p: float, clicked: bool) -> None:
+        self.auc.update(clicked, p)
+        self.logloss.update(clicked, p)
+        self.n += 1
+        self.positives += int(clicked)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "labels": self.n,
+            "positives": self.positives,
+            "auc": float(self.auc.get()) if self.n else None,
+            "logloss": float(self.logloss.get()) if self.n else None,
+        }
 
 
 def _exit_recovery_stalled() -> None:
@@ -471,6 +678,7 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
 
     runtime.extra["recommend_agent"] = recommend
     _inventory_agents(app, runtime, orders_topic)
+    _bidding_agents(app, runtime)
 
     if settings.archive:
         archiver = LakeArchiver(runtime)
@@ -634,6 +842,81 @@ def _register_views(app: faust.App, runtime: Runtime) -> None:
             plan = inventory_processor.plan(sku, dict(st))
             doc["plan"] = {k: v for k, v in plan.items()}
         return web.json(doc)
+
+    bidder: Bidder = runtime.extra["bidder"]
+    http_seconds = runtime.metrics.bid_seconds.labels(path="http")
+    openrtb_headers = {"x-openrtb-version": "2.6"}
+
+    def openrtb(web: Any, body: bytes, status: int = 200) -> Any:
+        return web.bytes(body, content_type="application/json", status=status, headers=dict(openrtb_headers))
+
+    def invalid(web: Any, rid: str | None, detail: str, status: int = 400) -> Any:
+        runtime.metrics.bids.labels(path="http", outcome="nbr:2").inc()
+        body = {"id": rid or "unknown", "nbr": int(NBR.INVALID_REQUEST), "ext": {"error": detail}}
+        return openrtb(web, msgspec.json.encode(body), status)
+
+    class BidView(faust.web.View):
+        """``POST /openrtb2/bid``: 200 with a BidResponse, 204 for no bid, 400 (nbr 2) if invalid."""
+
+        async def post(self, request: Any) -> Any:
+            received = time.time()
+            ctype = request.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
+            version = request.headers.get("x-openrtb-version", "2.6").strip()
+            body = await request.read()
+            if ctype != "application/json":
+                return invalid(self, None, f"Content-Type must be application/json, not {ctype!r}", 415)
+            if not version.startswith("2."):
+                return invalid(self, _request_id(body), f"x-openrtb-version {version!r} is not 2.x")
+            try:
+                req = BID_REQUEST_CODEC.decode(body)
+            except SchemaError as err:
+                return invalid(self, _request_id(body), str(err))
+            dec: Decision = await bidder.decide(req, received)
+            runtime.metrics.bids.labels(path="http", outcome=dec.outcome).inc()
+            http_seconds.observe(time.time() - received)
+            if not dec.is_bid and dec.response.nbr is None:
+                return self.bytes(b"", status=204, headers=dict(openrtb_headers))
+            return openrtb(self, BID_RESPONSE_CODEC.encode(dec.response))
+
+    app.page("/openrtb2/bid")(BidView)
+
+    @app.page("/openrtb2/{kind}")
+    async def notice_view(web: Any, request: Any, kind: str) -> Any:
+        """Win (``nurl``), billing (``burl``) and loss (``lurl``) notices: each bid is charged once."""
+        kinds = {"win": "win", "bill": "bill", "loss": "loss"}
+        if kind not in kinds:
+            return web.json({"error": "not_found", "detail": "notices are win, bill or loss"}, status=404)
+        bid_id = request.query.get("bid", "")
+        if not bid_id or len(bid_id) > 600:
+            return _bad_parameter(web, "bid", "bid must be the bid id of the notice URL")
+        price = 0.0
+        if kind != "loss":
+            raw = request.query.get("price", "")
+            try:
+                price = float(raw)
+            except ValueError:
+                price = -1.0
+            if not 0.0 <= price < 1e6:
+                return _bad_parameter(
+                    web, "price", f"price must be the clearing CPM (macro substituted), got {raw!r}"
+                )
+        result, campaign = await bidder.ledger.settle(bid_id, kinds[kind], price / 1000.0)
+        runtime.metrics.bid_notices.labels(kind=kind, result=result).inc()
+        return web.json({"bid": bid_id, "kind": kind, "result": result, "campaign": campaign})
+
+    @app.page("/campaigns")
+    async def campaigns_view(web: Any, request: Any) -> Any:
+        st = bidder.book.status()
+        spend = await bidder.ledger.spend(st["campaigns"]) if st["campaigns"] else {}
+        st["today"] = {c: {**dataclasses.asdict(v), "pacing": bidder.multiplier(c)} for c, v in spend.items()}
+        join = runtime.extra["attribution"]
+        st["ctr"] = {
+            **runtime.extra["ctr_quality"].status(),
+            "unjoined": join.unjoined,
+            "online_seen": bidder.online.seen,
+            "deep_model": getattr(bidder.deep, "version", None),
+        }
+        return web.json(st)
 
     @app.page("/models")
     async def models_view(web: Any, request: Any) -> Any:
