@@ -73,7 +73,7 @@ class BidderConfig:
     safety_ms: float = 5.0
     #: First-price bid shading factor.
     shade: float = 0.8
-    #: Weight of a user-level "segment" field that is missing from Redis.
+    #: The most a user-profile read may take (a slower profile is skipped, not waited for).
     redis_timeout_s: float = 0.02
 
 
@@ -198,7 +198,8 @@ class Bidder:
         if not user_id or self.profiles is None:
             return {}
         try:
-            budget = max(min(self.config.redis_timeout_s, deadline - self.clock() - 0.002), 0.0005)
+            # At most half of what is left: the reservation and the response need the rest.
+            budget = max(min(self.config.redis_timeout_s, (deadline - self.clock()) / 2), 0.0005)
             return dict(await asyncio.wait_for(self.profiles(user_id), timeout=budget) or {})
         except Exception as exc:  # a missing profile must not cost the bid
             log.debug("user profile unavailable: %s", exc)

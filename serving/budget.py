@@ -215,14 +215,24 @@ class BudgetLedger:
         reservation_ttl_s: float = 300.0,
         record_ttl_s: int = 3 * 86_400,
         timeout_s: float = 0.5,
+        max_connections: int = 32,
         client: Any = None,
     ) -> None:
         self.prefix = prefix
         self.reservation_ttl_s = reservation_ttl_s
         self.record_ttl_s = record_ttl_s
         # Callers bound each call by their own deadline; these timeouts only stop a hung socket.
-        self.redis = client or aioredis.from_url(
-            redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
+        # A blocking pool: a burst of concurrent bids waits for one of ``max_connections``
+        # connections rather than failing (redis-py raises MaxConnectionsError otherwise).
+        self.redis = client or aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                redis_url,
+                max_connections=max_connections,
+                timeout=timeout_s,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                decode_responses=True,
+            )
         )
         self._reserve = self.redis.register_script(_RESERVE_LUA)
         self._settle = self.redis.register_script(_SETTLE_LUA)
