@@ -132,12 +132,20 @@ class OnlineCTR:
 
     The intercept starts at ``logit(prior_ctr)`` so the first predictions are
     the base rate rather than 0.5, which matters to a bidder pricing from them.
+    The weights learn with FTRL-Proximal (McMahan et al. 2013), whose
+    per-coordinate rates suit sparse one-hot features; ``lr`` is its
+    ``alpha``. ``benchmarks/ctr_quality.py`` measured it against the earlier
+    plain SGD (rate 0.05): higher prequential AUC and lower log loss on the
+    simulator and on Criteo.
     """
 
-    def __init__(self, prior_ctr: float = 0.02, lr: float = 0.05, l2: float = 1e-6, seed: int = 0) -> None:
+    def __init__(self, prior_ctr: float = 0.02, lr: float = 0.1, l2: float = 1e-6, seed: int = 0) -> None:
         self.prior_ctr = prior_ctr
         self.model = linear_model.LogisticRegression(
-            optimizer=optim.SGD(lr), l2=l2, intercept_init=logit(prior_ctr), intercept_lr=0.01
+            optimizer=optim.FTRLProximal(alpha=lr, beta=1.0, l1=0.0, l2=0.0),
+            l2=l2,
+            intercept_init=logit(prior_ctr),
+            intercept_lr=0.02,
         )
         self.seen = 0
 
