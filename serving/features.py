@@ -24,7 +24,8 @@ Examples
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 Features = dict[str, str]
@@ -223,3 +224,50 @@ class FeatureWriter:
         self.last_flush_s = time.perf_counter() - t0
         self.flushed_entities += len(batch)
         return len(batch)
+
+
+class CachedReader:
+    """One entity's features read through an in-process cache (LRU, ``ttl_s`` seconds).
+
+    For read paths with a deadline (the bidder) where features change slowly
+    (CRM segments): a repeat user costs no round trip. At most
+    ``max_entries`` entities are kept; the least recently used go first.
+
+    >>> import asyncio
+    >>> calls = []
+    >>> async def fetch(uid):
+    ...     calls.append(uid)
+    ...     return {"segment": "vip"}
+    >>> r = CachedReader(fetch, ttl_s=60)
+    >>> asyncio.run(r.get("u1")), asyncio.run(r.get("u1")), calls
+    ({'segment': 'vip'}, {'segment': 'vip'}, ['u1'])
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[str], Awaitable[Mapping[str, str]]],
+        ttl_s: float = 5.0,
+        max_entries: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fetch = fetch
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.clock = clock
+        self._data: OrderedDict[str, tuple[float, Features]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    async def get(self, entity_id: str) -> Features:
+        now = self.clock()
+        hit = self._data.get(entity_id)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            self._data.move_to_end(entity_id)
+            self.hits += 1
+            return hit[1]
+        self.misses += 1
+        value = dict(await self.fetch(entity_id))
+        self._data[entity_id] = (now, value)
+        self._data.move_to_end(entity_id)
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+        return value

@@ -97,7 +97,28 @@ def ensure_demo_model(settings: Settings, seed: int, n_events: int = 40_000) -> 
     return f"model: serving {res.version.tag}; training curves in {res.plot}"
 
 
-async def _watch(settings: Settings, worker, stop: asyncio.Event, started: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
+DEMO_CAMPAIGNS = Path(__file__).resolve().parents[1] / "infra" / "campaigns" / "demo.json"
+
+
+def _ads_line(campaigns: dict, exchange) -> str:  # type: ignore[no-untyped-def]
+    st = exchange.stats
+    ctr = campaigns.get("ctr") or {}
+    spend = sum(v["spent"] for v in (campaigns.get("today") or {}).values())
+    auc = (
+        f"{ctr['auc']:.3f} over {ctr['labels']:,} labels"
+        if ctr.get("auc") is not None
+        else "waiting for labels"
+    )
+    win = f"{100 * st.wins / st.bids:.0f}%" if st.bids else "-"
+    return (
+        f"  ads: {st.requests:,} bid requests, {st.bids:,} bids, {st.wins:,} won ({win}), "
+        f"{st.clicks:,} clicks, spend {spend:.2f} EUR | online CTR model AUC {auc}"
+    )
+
+
+async def _watch(
+    settings: Settings, worker, stop: asyncio.Event, started: float, exchange=None
+) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Print live recommendations and rates until ``stop`` is set."""
     from aiokafka import AIOKafkaConsumer
 
@@ -140,6 +161,11 @@ async def _watch(settings: Settings, worker, stop: asyncio.Event, started: float
                 )
                 for m in msgs[-3:]:
                     print(_fmt_rec(m.value), flush=True)
+                if exchange is not None:
+                    with contextlib.suppress(Exception):
+                        print(
+                            _ads_line(await asyncio.to_thread(_get_json, worker.url + "/campaigns"), exchange)
+                        )
                 last_print = now
                 stats.update(recs=recs, events_in=ev_in, dlq=dlq)
     finally:
@@ -147,11 +173,20 @@ async def _watch(settings: Settings, worker, stop: asyncio.Event, started: float
     return stats
 
 
+def _get_json(url: str) -> dict:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=2.0) as r:
+        return dict(json.loads(r.read()))
+
+
 def run_demo(
     settings: Settings, duration: float = 0.0, rate: float = 500.0, seed: int = 0, keep: bool = False
 ) -> int:
     """Run the demo; returns the exit code."""
     from shopstream.cli import _services
+    from shopstream.exchange import ExchangeSimulator
     from shopstream.procs import WorkerProcess
     from shopstream.replay import produce
     from shopstream.sim import SyntheticShop
@@ -160,6 +195,10 @@ def run_demo(
     t0 = time.monotonic()
     # Roll lake files often enough that the demo shows them.
     settings = settings.with_(lake_max_age_s=min(settings.lake_max_age_s, 10.0))
+    if not settings.campaigns:
+        settings = settings.with_(campaigns=str(DEMO_CAMPAIGNS))
+    # Label ad impressions within seconds, so the CTR model's quality shows while the demo runs.
+    settings = settings.with_(attribution_window_s=min(settings.attribution_window_s, 10.0))
     print(
         "== shopstream demo ==  (Ctrl-C to stop"
         + (f"; stops after {duration:.0f}s" if duration else "")
@@ -191,7 +230,9 @@ def run_demo(
         async def main() -> dict[str, float]:
             stop = asyncio.Event()
             started = time.monotonic()
-            shop = SyntheticShop(seed=seed)
+            # The exchange simulator runs the ad auctions against the bidder, so the shop emits only requests.
+            shop = SyntheticShop(seed=seed, ad_share=0.6, ad_outcomes=False)
+            exchange = ExchangeSimulator(settings, SyntheticShop(seed=seed), seed=seed, market_cpm=6.0)
 
             async def stopper() -> None:
                 while not stopping["flag"] and (not duration or time.monotonic() - t0 < duration):
@@ -201,18 +242,25 @@ def run_demo(
                 stop.set()
 
             replay = asyncio.create_task(produce(settings, shop.events(), rate=rate, progress=False))
-            watch = asyncio.create_task(_watch(settings, worker, stop, started))
+            watch = asyncio.create_task(_watch(settings, worker, stop, started, exchange))
+            auctions = asyncio.create_task(exchange.run(stop))
             await stopper()
             replay.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await replay
-            return await watch
+            await auctions
+            stats = await watch
+            ex = exchange.stats
+            stats.update(bids=ex.bids, wins=ex.wins, ad_clicks=ex.clicks, ad_spend=ex.spend)
+            return stats
 
         stats = asyncio.run(main())
         took = time.monotonic() - t0
         print(
             f"== done in {took:.0f}s: {stats['events_in']:,.0f} clicks processed, "
-            f"{stats['recs']:,.0f} recommendations, {stats['dlq']:,.0f} dead letters =="
+            f"{stats['recs']:,.0f} recommendations, {stats['dlq']:,.0f} dead letters; "
+            f"{stats['bids']:,.0f} bids, {stats['wins']:,.0f} won, {stats['ad_clicks']:,.0f} ad clicks, "
+            f"{stats['ad_spend']:.2f} EUR spent =="
         )
         if stats["recs"] <= 0:
             print("error: no recommendations were produced", file=sys.stderr)

@@ -133,6 +133,8 @@ class Settings:
     bid_shade: float = 0.8
     #: Pacing: the daily budget is spread evenly over this many seconds from the start of the UTC day.
     bid_plan_s: float = 86_400.0
+    #: The bidder caches user profiles (CRM segment) this long, seconds.
+    bid_profile_ttl_s: float = 5.0
     #: Registry name of the deep CTR model (served when registered).
     ctr_model: str = "ctr"
     #: Attribution window of the CTR label join: an impression with no click within it is a negative.

@@ -67,6 +67,7 @@ class SyntheticShop:
         start_ts: float = 1_767_225_600.0,  # 2026-01-01T00:00:00Z
         events_per_s: float = 1000.0,
         ad_share: float = 0.15,
+        ad_outcomes: bool = True,
     ) -> None:
         self.rng = random.Random(seed)
         self.seed = seed
@@ -86,6 +87,9 @@ class SyntheticShop:
         self._stocked: set[str] = set()
         self.dt = 1.0 / max(events_per_s, 1e-6)
         self.ad_share = ad_share
+        #: Whether the shop also emits auction outcomes (impressions, clicks) for random campaigns;
+        #: off when :class:`shopstream.exchange.ExchangeSimulator` runs the auctions against the bidder.
+        self.ad_outcomes = ad_outcomes
         self._n = itertools.count()
         self._orders = itertools.count()
 
@@ -317,7 +321,7 @@ class SyntheticShop:
         }
         key = user.encode()
         yield T.BID_REQUESTS, key, _enc.encode(req)
-        if rng.random() < 0.4:
+        if self.ad_outcomes and rng.random() < 0.4:
             c = rng.randrange(5)
             camp = f"camp-{c}"
             base = {

@@ -31,7 +31,7 @@ import faust
 import msgspec
 from mode import Service
 
-from online_models.ctr import CTRBlend, OnlineCTR
+from online_models.ctr import REQUEST_FIELDS, CTRBlend, OnlineCTR
 from ops.alerts import AlertRules
 from ops.dashboard import Timeline, page, vendor_file
 from ops.lag import STATUSES, LagMonitor
@@ -49,7 +49,7 @@ from schemas.events import (
     InventoryEvent,
     Order,
 )
-from schemas.openrtb import BID_REQUEST_CODEC, BID_RESPONSE_CODEC, NBR, no_bid
+from schemas.openrtb import BID_REQUEST_CODEC, BID_RESPONSE_CODEC, NBR
 from schemas.topics import Topics
 from serving.attribution import AttributionJoin, Labelled
 from serving.bidder import Bidder, BidderConfig, Decision
@@ -57,13 +57,15 @@ from serving.bidding import DayPacer
 from serving.budget import BudgetLedger
 from serving.campaigns import CampaignBook, CampaignError
 from serving.clickstream import ClickstreamProcessor
-from serving.features import FeatureWriter, RedisFeatureStore
+from serving.ctr import DeepCTRModel, RegistryWatcher
+from serving.features import CachedReader, FeatureWriter, RedisFeatureStore
 from serving.inventory import InventoryProcessor, UnknownSku
 from serving.recs import MicroBatcher, ModelWatcher, Recommender, RecRequest, parse_boosts
-from serving.registry import ModelRegistry
+from serving.registry import ModelRegistry, RegistryError
 from shopstream.services import MESSAGE_MAX_BYTES
 from shopstream.settings import Settings
 from streams.archive import LakeArchiver
+from streams.bid_consumer import BidRequestConsumer, request_id
 from streams.dlq import DeadLetterSink, Publish
 
 
@@ -299,20 +301,28 @@ class OpsService(Service):
 class BiddingService(Service):
     """Campaign-file reloads and pacing of one worker's bidder, every ``campaigns_poll_s`` seconds."""
 
-    def __init__(self, runtime: Runtime, bidder: Bidder, **kwargs: Any) -> None:
+    def __init__(self, runtime: Runtime, bidder: Bidder, deep: RegistryWatcher, **kwargs: Any) -> None:
         self.runtime = runtime
         self.bidder = bidder
+        self.deep = deep
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
+        await self.swap_deep_model()
         try:
             await self.bidder.ledger.warm()
         except Exception as exc:
             self.log.warning("budget ledger not reachable yet (bids get no-bid until it is): %s", exc)
 
+    async def swap_deep_model(self) -> None:
+        """Serve the registry's production deep CTR model (verified; a bad version is refused)."""
+        if await self.deep.check():
+            self.bidder.deep = self.deep.model
+
     async def tick(self) -> None:
         rt = self.runtime
         self.bidder.book.reload()
+        await self.swap_deep_model()
         try:
             mus = await self.bidder.update_pacing()
             spend = await self.bidder.ledger.spend(list(mus))
@@ -336,14 +346,14 @@ class BiddingService(Service):
         await self.bidder.ledger.close()
 
 
-def _request_id(raw: bytes) -> str | None:
-    """The ``id`` of a bid request that failed validation, when its JSON still gives one."""
-    try:
-        doc = msgspec.json.decode(raw)
-    except Exception:
-        return None
-    rid = doc.get("id") if isinstance(doc, dict) else None
-    return rid if isinstance(rid, str) and 0 < len(rid) <= 256 else None
+def _load_request_ctr_model(mv: Any, registry: ModelRegistry) -> DeepCTRModel:
+    """A deep CTR model the bidder can feed: trained on the bid-request fields, in their order."""
+    model = DeepCTRModel(mv, registry)
+    if model.fields != REQUEST_FIELDS:
+        raise RegistryError(
+            f"{mv.tag} was trained on fields {list(model.fields)}; the bidder sends {list(REQUEST_FIELDS)}"
+        )
+    return model
 
 
 def _bidding_agents(app: faust.App, runtime: Runtime) -> Bidder:
@@ -372,7 +382,7 @@ def _bidding_agents(app: faust.App, runtime: Runtime) -> Bidder:
         ledger,
         online,
         blend,
-        profiles=lambda uid: store.get("user", uid),
+        profiles=CachedReader(lambda uid: store.get("user", uid), ttl_s=s.bid_profile_ttl_s).get,
         config=BidderConfig(
             notice_url=s.bid_notice_url or f"http://{s.web_host}:{s.web_port}",
             default_tmax_ms=s.bid_default_tmax_ms,
@@ -382,35 +392,13 @@ def _bidding_agents(app: faust.App, runtime: Runtime) -> Bidder:
         pacer_factory=lambda: DayPacer(period_s=s.bid_plan_s),
     )
     runtime.extra["bidder"] = bidder
-    app.service(BiddingService(runtime, bidder))  # type: ignore[arg-type]
+    deep = RegistryWatcher(ModelRegistry(s.model_dir), s.ctr_model, _load_request_ctr_model, m)
+    runtime.extra["deep_ctr"] = deep
+    app.service(BiddingService(runtime, bidder, deep))  # type: ignore[arg-type]
 
-    requests_topic = app.topic(topics.bid_requests, partitions=s.partitions, value_serializer="raw")
-    responses = topics.bid_responses
-    in_requests = m.events_in.labels(topic=topics.bid_requests)
-    out_responses = m.events_out.labels(topic=responses)
-    topic_seconds = m.bid_seconds.labels(path="topic")
-
-    @app.agent(requests_topic, name="bid")
-    async def bid(stream: faust.StreamT) -> None:
-        """Bid requests → :meth:`Bidder.decide` → bid responses (keyed by request id)."""
-        async for event in stream.events():
-            message = event.message
-            in_requests.inc()
-            # The request's clock starts when the exchange produced it (CreateTime).
-            received = message.timestamp if message.timestamp_type == 0 else time.time()
-            req = await runtime.dlq.decode(BID_REQUEST_CODEC, message)
-            if req is None:
-                rid = _request_id(message.value)
-                if rid is not None:
-                    resp = BID_RESPONSE_CODEC.encode(no_bid(rid, NBR.INVALID_REQUEST))
-                    await runtime.publish(responses, rid.encode(), resp, None)
-                m.bids.labels(path="topic", outcome="nbr:2").inc()
-                continue
-            dec = await bidder.decide(req, received)
-            await runtime.publish(responses, req.id.encode(), BID_RESPONSE_CODEC.encode(dec.response), None)
-            out_responses.inc()
-            m.bids.labels(path="topic", outcome=dec.outcome).inc()
-            topic_seconds.observe(time.time() - received)
+    # The topic path reads bid requests with its own aiokafka consumer (latency: see streams.bid_consumer).
+    bid_consumer = runtime.extra["bid_consumer"] = BidRequestConsumer(runtime, bidder)
+    app.service(bid_consumer)  # type: ignore[arg-type]
 
     ad_topic = app.topic(topics.ad_events, partitions=s.partitions, value_serializer="raw")
     ad_codec: Codec[AdEvent] = Codec(AdEvent, s.max_event_bytes)  # type: ignore[arg-type]
@@ -452,7 +440,6 @@ def _bidding_agents(app: faust.App, runtime: Runtime) -> Bidder:
             elif isinstance(ev, Conversion):
                 learn(join.advance(attribution, part, ev.ts))
 
-    runtime.extra["bid_agent"] = bid
     return bidder
 
 
@@ -844,6 +831,7 @@ def _register_views(app: faust.App, runtime: Runtime) -> None:
         return web.json(doc)
 
     bidder: Bidder = runtime.extra["bidder"]
+    bid_consumer: BidRequestConsumer = runtime.extra["bid_consumer"]
     http_seconds = runtime.metrics.bid_seconds.labels(path="http")
     openrtb_headers = {"x-openrtb-version": "2.6"}
 
@@ -866,11 +854,11 @@ def _register_views(app: faust.App, runtime: Runtime) -> None:
             if ctype != "application/json":
                 return invalid(self, None, f"Content-Type must be application/json, not {ctype!r}", 415)
             if not version.startswith("2."):
-                return invalid(self, _request_id(body), f"x-openrtb-version {version!r} is not 2.x")
+                return invalid(self, request_id(body), f"x-openrtb-version {version!r} is not 2.x")
             try:
                 req = BID_REQUEST_CODEC.decode(body)
             except SchemaError as err:
-                return invalid(self, _request_id(body), str(err))
+                return invalid(self, request_id(body), str(err))
             dec: Decision = await bidder.decide(req, received)
             runtime.metrics.bids.labels(path="http", outcome=dec.outcome).inc()
             http_seconds.observe(time.time() - received)
@@ -920,7 +908,7 @@ def _register_views(app: faust.App, runtime: Runtime) -> None:
 
     @app.page("/models")
     async def models_view(web: Any, request: Any) -> Any:
-        return web.json(runtime.model_watcher.status())
+        return web.json({**runtime.model_watcher.status(), "ctr": runtime.extra["deep_ctr"].status()})
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
@@ -933,7 +921,10 @@ def _register_views(app: faust.App, runtime: Runtime) -> None:
                 "status": "ok",
                 "worker": runtime.worker_name,
                 "uptime_s": round(time.time() - runtime.started_at, 1),
-                "assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in app.assignor.assigned_actives()),
+                "assigned": sorted(
+                    f"{tp.topic}:{tp.partition}"
+                    for tp in [*app.assignor.assigned_actives(), *bid_consumer.assignment()]
+                ),
                 # Not rebalancing, tables recovered, streams flowing: input produced now is processed
                 # (faust-streaming skips, and acks, messages fetched while a rebalance is in progress).
                 "ready": not app.rebalancing

@@ -102,13 +102,6 @@ def test_budget_holds_under_concurrent_requests_across_workers_and_notices_charg
     w2 = worker_factory(s2, "w2")
     w1.wait_ready(timeout=90, topic=s1.topic_prefix + "ads.bid-requests.v1")
     w2.wait_ready(timeout=90, topic=s1.topic_prefix + "ads.bid-requests.v1")
-    wait = time.monotonic() + 60
-    while (
-        (time.monotonic() < wait
-        and not (w1.health() or {}).get("assigned"))
-        or not (w2.health() or {}).get("assigned")
-    ):
-        time.sleep(0.5)
     req_topic = s1.topic_prefix + "ads.bid-requests.v1"
     n_topic, n_http = 300, 150
     topic_msgs = [
