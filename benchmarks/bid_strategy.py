@@ -13,14 +13,21 @@ Strategies, all in the same run:
 * **Lin**: ``bid = b0 * pCTR / mean pCTR`` (the mean over the tuning file),
   ``b0`` tuned on the validation file, and again tuned *in hindsight* on the
   test file itself (an upper reference no real bidder can use);
-* **ours, paced Lin** (:class:`serving.bidding.PacedLinearBidder`): Lin
-  tuned on validation, times a multiplier that a pacing controller moves
-  every ``step`` auctions so that spend follows the plan (budget spread
-  evenly over the auctions), and with the running mean pCTR of the stream
-  rather than the tuning file's. It adapts to the drift between validation
-  and test (mean pCTR 0.0064 vs 0.0039) that costs the plain Lin clicks. The
-  controller's gain and decay are chosen on the validation file alone
-  (:func:`choose_controller`).
+* **paced Lin** (:class:`serving.bidding.PacedLinearBidder`): Lin tuned on
+  validation, times a multiplier that a pacing controller moves every
+  ``step`` auctions so that spend follows the plan (budget spread evenly over
+  the auctions), with the running mean pCTR of the stream rather than the
+  tuning file's. The controller's gain and decay are chosen on the
+  validation file alone (:func:`choose_controller`);
+* **ours, self-tuning Lin** (:class:`serving.bidding.SelfTuningLinearBidder`):
+  every 1,000 auctions ``b0`` is re-solved so that, over the last ``window``
+  auctions seen (the validation file's at first, then the test stream's
+  own, prices revealed after each auction as win notices and
+  ``${AUCTION_MIN_TO_WIN}`` loss notices reveal them), it would have spent at
+  the rate the remaining budget allows. It follows the drift between
+  validation and test (mean pCTR 0.0064 vs 0.0039) and the market's daily
+  swings. The window is chosen on the validation file alone
+  (:func:`choose_window`).
 
 Targets (issue 4), at every c0: more clicks than validation-tuned Lin, and at
 least 95% of the clicks of hindsight-tuned Lin.
@@ -114,6 +121,64 @@ def replay_paced(
     }
 
 
+def replay_selftuning(
+    data: np.ndarray, budget: float, history: np.ndarray, window: int, step: int = 1000
+) -> dict[str, float]:
+    from serving.bidding import SelfTuningLinearBidder
+
+    bidder = SelfTuningLinearBidder(budget, len(data), history[:, [2, 1]], window=window, step=step)
+    bidder.retune()
+    clicks = cost = 0.0
+    imps = 0
+    for start in range(0, len(data), step):
+        chunk = data[start : start + step]
+        bids = bidder.bids(chunk[:, 2])
+        price = chunk[:, 1]
+        win = bids >= price
+        spend = bidder.spent + np.cumsum(np.where(win, price, 0.0))
+        ok = win & (spend <= budget)
+        c_spent = float(price[ok].sum())
+        clicks += float(chunk[ok, 0].sum())
+        cost += c_spent
+        imps += int(ok.sum())
+        bidder.observe(chunk[:, 2], price, c_spent)
+        if bidder.spent >= budget:
+            break
+    return {
+        "clicks": clicks,
+        "impressions": imps,
+        "spend": cost,
+        "ecpc": cost / clicks if clicks else float("nan"),
+    }
+
+
+#: Market windows tried by the self-tuning bidder; the one used on test is chosen on validation only.
+WINDOWS = [10_000, 20_000, 50_000, 100_000]
+
+
+def choose_window(val: np.ndarray, grid: np.ndarray, windows: list[int]) -> dict[str, Any]:
+    """Pick the self-tuning window on the validation file alone.
+
+    Its first half is the history the bidder starts from, its second half the
+    stream it bids on; its clicks are compared with Lin tuned in hindsight on
+    the second half. The window with the best worst-case ratio over all c0
+    wins (ties: best mean).
+    """
+    first, second = val[: len(val) // 2], val[len(val) // 2 :]
+    m2 = float(second[:, 2].mean())
+    hinds = []
+    for c0 in C0:
+        b2 = c0 * second[:, 1].sum()
+        _, hind = tune(second, b2, lambda g: g * second[:, 2] / m2, grid)
+        hinds.append((b2, max(hind["clicks"], 1.0)))
+    scores = {}
+    for w in windows:
+        ratios = [replay_selftuning(second, b2, first, w)["clicks"] / h for b2, h in hinds]
+        scores[w] = (min(ratios), float(np.mean(ratios)))
+    best = max(scores, key=lambda k: scores[k])
+    return {"window": best, "worst_ratio": scores[best][0], "mean_ratio": scores[best][1]}
+
+
 #: Pacing controllers tried: (gain, decay). The one used on test is chosen on the validation file only.
 CONTROLLERS = [(g, d) for g in (0.05, 0.1, 0.2, 0.3, 0.5) for d in (0.0, 5.0, 10.0, 20.0)]
 
@@ -172,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"choosing the pacing controller on the validation file ({len(configs)} configs)...", flush=True)
     ctl = choose_controller(val, grid_lin, configs)
     print(f"  gain {ctl['gain']}, decay {ctl['decay']} (worst ratio {ctl['worst_ratio']:.3f})", flush=True)
+    windows = WINDOWS if not args.quick else [10_000, 20_000]
+    print(f"choosing the self-tuning window on the validation file ({len(windows)} windows)...", flush=True)
+    win = choose_window(val, grid_lin, windows)
+    print(f"  window {win['window']:,} (worst ratio {win['worst_ratio']:.3f})", flush=True)
     rows: dict[str, dict[str, Any]] = {}
     print(f"{'c0':>6s} {'strategy':24s} {'clicks':>7s} {'imps':>7s} {'spend':>10s} {'eCPC':>8s}")
     for c0 in C0:
@@ -183,12 +252,14 @@ def main(argv: list[str] | None = None) -> int:
             "constant": replay_static(test, np.full(len(test), const_bid), bt),
             "lin_validation": replay_static(test, b0_val * test[:, 2] / val_mean, bt),
             "lin_hindsight": hind,
-            "ours_paced_lin": replay_paced(test, bt, b0_val, val_mean, step, ctl["gain"], ctl["decay"]),
+            "paced_lin": replay_paced(test, bt, b0_val, val_mean, step, ctl["gain"], ctl["decay"]),
+            "ours_self_tuning_lin": replay_selftuning(test, bt, val, win["window"]),
         }
         res["constant"]["param"] = const_bid
         res["lin_validation"]["param"] = b0_val
         res["lin_hindsight"]["param"] = b0_hind
-        res["ours_paced_lin"]["param"] = b0_val
+        res["paced_lin"]["param"] = b0_val
+        res["ours_self_tuning_lin"]["param"] = win["window"]
         key = f"1/{round(1 / c0)}"
         rows[key] = res
         for name, r in res.items():
@@ -197,12 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     metrics: dict[str, Any] = {
         "by_c0": rows,
         "controller": ctl,
+        "self_tuning": win,
         "test_auctions": len(test),
         "test_clicks": float(test[:, 0].sum()),
     }
     targets: dict[str, Any] = {}
     for key, res in rows.items():
-        ours = res["ours_paced_lin"]["clicks"]
+        ours = res["ours_self_tuning_lin"]["clicks"]
         metrics[f"clicks_ours_{key}"] = ours
         targets[f"beats_lin_validation_{key}"] = target(ours - res["lin_validation"]["clicks"], 0, ">")
         targets[f"share_of_lin_hindsight_{key}"] = target(
@@ -211,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     baselines = {f"clicks_lin_validation_{k}": r["lin_validation"]["clicks"] for k, r in rows.items()}
     baselines.update({f"clicks_lin_hindsight_{k}": r["lin_hindsight"]["clicks"] for k, r in rows.items()})
     baselines.update({f"clicks_constant_{k}": r["constant"]["clicks"] for k, r in rows.items()})
+    baselines.update({f"clicks_paced_lin_{k}": r["paced_lin"]["clicks"] for k, r in rows.items()})
     params = {
         "data": str(args.data),
         "c0": [f"1/{round(1 / c)}" for c in C0],

@@ -160,3 +160,81 @@ class DayPacer:
             )
         self._last = now
         return self.mu
+
+
+class SelfTuningLinearBidder:
+    """Linear bidding whose ``b0`` is re-solved from the market it has seen, to spend on plan.
+
+    Every ``step`` auctions, ``b0`` is set so that, had it been bid over the
+    last ``window`` auctions seen, it would have spent at the rate the
+    remaining budget allows (remaining budget / remaining auctions), by
+    bisection on ``log b0``. The market prices come from the auctions already
+    played: a second-price winner learns the price from its win notice, and
+    a loser from the ``${AUCTION_MIN_TO_WIN}`` macro of its loss notice
+    (OpenRTB 2.6). ``history`` seeds the window (the tuning file) before any
+    auction is seen. Bids are ``b0 * pCTR / mean pCTR`` over the window, so a
+    shift in the CTR model's scale moves ``b0``'s meaning with it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> hist = np.column_stack([rng.beta(2, 300, 5000), rng.gamma(2.0, 40.0, 5000)])
+    >>> b = SelfTuningLinearBidder(budget=1000.0, n_auctions=10_000, history=hist)
+    >>> b.retune()
+    >>> round(float((hist[:, 1] * (b.bids(hist[:, 0]) >= hist[:, 1])).mean()), 3)  # spends 0.1 per auction
+    0.1
+    """
+
+    def __init__(
+        self,
+        budget: float,
+        n_auctions: int,
+        history: np.ndarray,
+        window: int = 100_000,
+        step: int = 1000,
+        bounds: tuple[float, float] = (0.01, 1e5),
+    ) -> None:
+        if budget <= 0 or n_auctions <= 0 or len(history) == 0:
+            raise ValueError("budget, n_auctions and history must be positive / non-empty")
+        self.budget = budget
+        self.n_auctions = n_auctions
+        self.window = window
+        self.step = step
+        self.bounds = bounds
+        self.spent = 0.0
+        self.seen = 0
+        self._theta = np.asarray(history[-window:, 0], dtype=float)
+        self._price = np.asarray(history[-window:, 1], dtype=float)
+        self.b0 = 1.0
+        self.mean_ctr = float(self._theta.mean())
+
+    def retune(self) -> None:
+        """Re-solve ``b0`` for the remaining budget and auctions."""
+        th, pr = self._theta, self._price
+        self.mean_ctr = m = float(th.mean())
+        rate = max(self.budget - self.spent, 0.0) / max(self.n_auctions - self.seen, 1)
+        lo, hi = self.bounds
+        for _ in range(40):
+            mid = math.sqrt(lo * hi)
+            if float((pr * (mid * th / m >= pr)).mean()) > rate:
+                hi = mid
+            else:
+                lo = mid
+        self.b0 = lo
+
+    def bids(self, pctr: np.ndarray) -> np.ndarray:
+        """Bids for a batch of requests (0 once the budget is spent)."""
+        if self.spent >= self.budget:
+            return np.zeros(len(pctr))
+        return self.b0 * np.asarray(pctr, dtype=float) / self.mean_ctr
+
+    def observe(self, pctr: np.ndarray, market_price: np.ndarray, cost: float) -> None:
+        """Record a batch of auctions (their pCTRs and market prices) and what was spent on them."""
+        due = self.seen // self.step != (self.seen + len(pctr)) // self.step
+        self.seen += len(pctr)
+        self.spent += cost
+        self._theta = np.concatenate([self._theta, pctr])[-self.window :]
+        self._price = np.concatenate([self._price, market_price])[-self.window :]
+        if due:
+            self.retune()

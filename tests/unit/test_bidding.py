@@ -37,3 +37,29 @@ def test_no_bids_once_the_budget_is_spent_and_bad_arguments_are_refused():
     assert b.bid(0.05) == 0.0
     with pytest.raises(ValueError):
         PacedLinearBidder(b0=1.0, budget=0.0, n_auctions=1, prior_ctr=0.1)
+
+
+def test_self_tuning_lin_follows_a_market_that_changes_and_uses_the_budget():
+    from serving.bidding import SelfTuningLinearBidder
+
+    rng = np.random.default_rng(1)
+    n, budget = 40_000, 4_000.0
+    pctr = rng.beta(2, 300, size=n)
+    # The market doubles its prices halfway through; the history is the cheap market.
+    price = rng.gamma(2.0, 20.0, size=n) * np.where(np.arange(n) < n // 2, 1.0, 2.0)
+    history = np.column_stack([rng.beta(2, 300, 10_000), rng.gamma(2.0, 20.0, 10_000)])
+    b = SelfTuningLinearBidder(budget, n, history, window=5_000, step=500)
+    b.retune()
+    b0_at: dict[int, float] = {}
+    for s in range(0, n, 500):
+        b0_at[s] = b.b0
+        bids = b.bids(pctr[s : s + 500])
+        won = bids >= price[s : s + 500]
+        cost = min(float(price[s : s + 500][won].sum()), budget - b.spent)
+        b.observe(pctr[s : s + 500], price[s : s + 500], cost)
+        if s + 500 == n // 2:
+            half = b.spent
+    assert 0.9 * budget <= b.spent <= budget
+    assert 0.35 * budget <= half <= 0.65 * budget  # evenly, despite the price change
+    # it raised its bids to keep buying in the dearer market
+    assert b0_at[3 * n // 4] > 1.3 * b0_at[n // 2 - 500]
