@@ -96,6 +96,8 @@ def cmd_tail(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
+    if args.what == "ctr":
+        return _train_ctr(args, settings)
     try:
         from offline_training.data import load_interactions
         from offline_training.recs import RecsTrainConfig, train_recs
@@ -111,7 +113,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    cfg = RecsTrainConfig(arch=args.arch, epochs=args.epochs, factors=args.factors, seed=args.seed)
+    cfg = RecsTrainConfig(arch=args.arch, epochs=args.epochs or 12, factors=args.factors, seed=args.seed)
     if args.quick:
         cfg.epochs, cfg.neumf_epochs = min(cfg.epochs, 3), 1
     registry = ModelRegistry(args.registry or settings.model_dir)
@@ -125,6 +127,38 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         source=str(args.data),
         plot_dir=Path(args.plot_dir),
     )
+    if res.plot:
+        print(f"training curves: {res.plot}")
+    return 0
+
+
+def _train_ctr(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    try:
+        from offline_training.ctr import CTRTrainConfig, train_ctr
+    except ImportError as exc:
+        print(f"error: training needs the [train] extra ({exc}); run: .venv/bin/pip install -e '.[train]'")
+        return 2
+    from serving.registry import ModelRegistry
+
+    cfg = CTRTrainConfig(seed=args.seed)
+    if args.epochs:
+        cfg.epochs = args.epochs
+    if args.quick:
+        cfg.epochs = min(cfg.epochs, 3)
+    try:
+        res = train_ctr(
+            args.data,
+            ModelRegistry(args.registry or settings.model_dir),
+            cfg=cfg,
+            name=args.name or settings.ctr_model,
+            prefix=settings.topic_prefix,
+            plot_dir=Path(args.plot_dir),
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if res.plot:
         print(f"training curves: {res.plot}")
     return 0
@@ -174,16 +208,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_tail)
 
     s = sub.add_parser("train", help="train a model offline (needs the [train] extra) and register it")
-    s.add_argument("what", choices=["recs"], help="recs: NCF (GMF, MLP, NeuMF) → ONNX + Redis + registry")
-    s.add_argument("--data", required=True, help="MovieLens folder or u.data, or the Parquet event lake root")
+    s.add_argument(
+        "what",
+        choices=["recs", "ctr"],
+        help="recs: NCF (GMF, MLP, NeuMF) → ONNX + Redis + registry; ctr: DeepFM → ONNX + registry",
+    )
+    s.add_argument(
+        "--data",
+        required=True,
+        help="recs: MovieLens folder or u.data, or the event lake root; ctr: the event lake root "
+        "(bid requests joined to impressions and clicks) or a Criteo/Avazu CSV",
+    )
     s.add_argument(
         "--topic", action="append", help="lake topic to read, repeatable (default: clicks and orders)"
     )
     s.add_argument("--arch", choices=["gmf", "mlp", "neumf"], default="neumf", help="the model to serve")
-    s.add_argument("--epochs", type=int, default=12, help="most epochs for GMF and MLP (best kept)")
+    s.add_argument("--epochs", type=int, default=None, help="most epochs (recs: 12 for GMF and MLP; ctr: 30)")
     s.add_argument("--factors", type=int, default=64, help="GMF predictive factors")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--name", default=None, help="registry name (default SHOPSTREAM_RECS_MODEL)")
+    s.add_argument(
+        "--name", default=None, help="registry name (default SHOPSTREAM_RECS_MODEL / SHOPSTREAM_CTR_MODEL)"
+    )
     s.add_argument("--registry", default=None, help="registry root (default SHOPSTREAM_MODEL_DIR)")
     s.add_argument("--no-redis", action="store_true", help="do not write vectors to Redis")
     s.add_argument("--plot-dir", default=".var/plots", help="where the training-curve PNG goes")

@@ -116,6 +116,41 @@ def _ads_line(campaigns: dict, exchange) -> str:  # type: ignore[no-untyped-def]
     )
 
 
+def ensure_demo_ctr_model(settings: Settings, seed: int, n_sessions: int = 60_000) -> str:
+    """Train and register a small DeepFM on the shop's past ad auctions unless one is registered already."""
+    import itertools
+
+    from serving.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.model_dir)
+    mv = registry.production(settings.ctr_model)
+    if mv is not None:
+        return f"bidder: deep CTR model {mv.tag} (held-out AUC {mv.metrics.get('auc', float('nan')):.3f})"
+    try:
+        from offline_training.ctr import CTRTrainConfig, join_impressions, train_ctr
+    except ImportError as exc:
+        return f"bidder: no deep CTR model ({exc}); pricing from the online model only"
+    from shopstream.sim import SyntheticShop
+
+    print(
+        f"bidder: training DeepFM on {n_sessions:,} sessions of past ad auctions (first run only) ...",
+        flush=True,
+    )
+    past = SyntheticShop(seed=seed + 1, ad_share=1.0)  # the shop's auctions before today, with their clicks
+    events = ((t, v) for t, _, v in itertools.islice(past.events(), n_sessions))
+    data = join_impressions(events, source="synthetic shop auction history")
+    res = train_ctr(
+        data,
+        registry,
+        cfg=CTRTrainConfig(epochs=10, patience=3),
+        name=settings.ctr_model,
+        plot_dir=Path(settings.model_dir).parent / "plots",
+        progress=True,
+        log=lambda line: print("  " + line.strip(), flush=True),
+    )
+    return f"bidder: serving {res.version.tag} (held-out AUC {res.metrics['auc']:.3f}); curves in {res.plot}"
+
+
 async def _watch(
     settings: Settings, worker, stop: asyncio.Event, started: float, exchange=None
 ) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -210,6 +245,7 @@ def run_demo(
     created = asyncio.run(ensure_topics(settings))
     print(f"topics: {len(created)} created, {settings.partitions} partitions each")
     print(ensure_demo_model(settings, seed), flush=True)
+    print(ensure_demo_ctr_model(settings, seed), flush=True)
     log = Path(settings.services_dir).parent / "demo-worker.log"
     worker = WorkerProcess(settings, "demo-1", log).start()
     print(f"worker: starting (log {log}) ...", flush=True)
