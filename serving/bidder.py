@@ -232,6 +232,8 @@ class Bidder:
         # (imp, campaign, creative, fields) for every candidate, then one batched deep call.
         rows: list[tuple[Imp, Campaign, Creative, dict[str, str]]] = []
         for imp in req.imp:
+            if imp.pmp is not None and imp.pmp.private_auction == 1:
+                continue  # private marketplace only: a bid must name one of its deals, and we hold none
             for c in eligible:
                 fits = [cr for cr in c.creatives_for(imp) if self._creative_ok(req, cr)]
                 if fits:

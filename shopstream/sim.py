@@ -38,11 +38,36 @@ REVIEW_TEXT = {
 }
 SUPPORT_TEXT = [
     ("order_status", "Where is my order {o}? It has not arrived yet."),
+    ("order_status", "My parcel {o} still shows in transit after a week, any update?"),
+    ("order_status", "我的订单{o}还没有到，请帮我查一下物流"),
     ("refund", "I want a refund for order {o}, the item is broken."),
+    ("refund", "Please send my money back for {o}, it was not what I ordered."),
+    ("refund", "订单{o}的商品坏了，我要退款"),
     ("cancel", "Please cancel my order {o} before it ships."),
+    ("cancel", "I ordered {o} by mistake, can you cancel it?"),
+    ("cancel", "请帮我取消订单{o}"),
     ("payment", "My card was charged twice for order {o}."),
+    ("payment", "The payment for {o} failed but money left my account."),
+    ("payment", "订单{o}被扣了两次钱"),
     ("account", "I can't log in to my account, password reset does not work."),
+    ("account", "How do I change the email address on my account?"),
+    ("account", "我的账号登录不上，密码重置也不行"),
 ]
+#: Messages no intent covers (the router must recognise them as out of scope).
+OUT_OF_SCOPE_TEXT = [
+    "What is the weather going to be like tomorrow?",
+    "Can you recommend a good movie for tonight?",
+    "Who won the football match yesterday?",
+    "今天天气怎么样？",
+]
+#: Chinese reviews, by rating.
+REVIEW_TEXT_ZH = {
+    5: ["质量很好，物流很快，非常满意！", "东西不错，会回购"],
+    4: ["还可以，包装一般"],
+    3: ["一般般，没什么特别的"],
+    2: ["有点失望，颜色不对"],
+    1: ["收到就坏了，太差了，要退货", "质量很差，不推荐"],
+}
 
 
 @dataclass
@@ -68,6 +93,7 @@ class SyntheticShop:
         events_per_s: float = 1000.0,
         ad_share: float = 0.15,
         ad_outcomes: bool = True,
+        labelled_share: float = 0.3,
     ) -> None:
         self.rng = random.Random(seed)
         self.seed = seed
@@ -90,6 +116,8 @@ class SyntheticShop:
         #: Whether the shop also emits auction outcomes (impressions, clicks) for random campaigns;
         #: off when :class:`shopstream.exchange.ExchangeSimulator` runs the auctions against the bidder.
         self.ad_outcomes = ad_outcomes
+        #: Share of support messages that carry the intent an agent gave them.
+        self.labelled_share = labelled_share
         self._n = itertools.count()
         self._orders = itertools.count()
 
@@ -213,12 +241,17 @@ class SyntheticShop:
                             "user_id": user,
                             "sku": it.item_id,
                             "rating": rating,
-                            "text": rng.choice(REVIEW_TEXT[rating]),
+                            "text": rng.choice(
+                                (REVIEW_TEXT_ZH if rng.random() < 0.2 else REVIEW_TEXT)[rating]
+                            ),
                         }
                     ),
                 )
             if rng.random() < 0.05:
-                _intent, text = rng.choice(SUPPORT_TEXT)
+                if rng.random() < 0.1:
+                    intent, text = "out_of_scope", rng.choice(OUT_OF_SCOPE_TEXT)
+                else:
+                    intent, text = rng.choice(SUPPORT_TEXT)
                 yield (
                     T.CARE_MESSAGES,
                     key,
@@ -232,6 +265,8 @@ class SyntheticShop:
                             "conversation_id": f"conv-{oid}",
                             "channel": "chat",
                             "text": text.format(o=oid),
+                            # A share of messages comes back labelled by the agent who handled it.
+                            **({"intent": intent} if rng.random() < self.labelled_share else {}),
                         }
                     ),
                 )

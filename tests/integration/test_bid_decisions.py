@@ -262,3 +262,20 @@ def test_campaign_targeting_and_creative_fit(redis_url, tmp_path):
     assert "<VAST" in video.response.seatbid[0].bid[0].adm
     # The mobile example blocks apple.com (badv): the 728x90 creative of that domain must not serve.
     assert not mobile.is_bid
+
+
+def test_private_marketplace_impressions_get_no_open_auction_bid(redis_url, tmp_path):
+    pmp = REQUESTS[4]
+    assert pmp["imp"][0]["pmp"]["private_auction"] == 1
+
+    async def go():
+        b = _bidder(redis_url, tmp_path)
+        open_ = dict(pmp, id="pmp-open", device={"devicetype": 2})
+        open_["imp"] = [{k: v for k, v in pmp["imp"][0].items() if k != "pmp"}]
+        private = dict(pmp, id="pmp-private", device={"devicetype": 2})
+        out = [await b.decide(BID_REQUEST_CODEC.decode(json.dumps(r).encode())) for r in (private, open_)]
+        await b.ledger.close()
+        return out
+
+    private, open_ = run(go())
+    assert not private.is_bid and open_.is_bid
