@@ -255,13 +255,21 @@ class RoutingDecision(msgspec.Struct, kw_only=True, frozen=True):
     priority: Annotated[int, msgspec.Meta(ge=0, le=9)]
     escalate: bool
     ts: Ts
+    #: ``en`` or ``zh`` (by script).
+    lang: str | None = None
+    #: The reply sent when the message is answered automatically (or the out-of-scope fallback).
+    answer: str | None = None
+    faq_id: str | None = None
+    #: Why this queue and priority, for the agent who picks it up.
+    reason: str | None = None
+    conversation_id: str | None = None
 
 
 class CrmSignal(msgspec.Struct, kw_only=True, frozen=True):
     """A CRM fact about a user (crm.signals.v1, keyed by user_id)."""
 
     user_id: Id
-    kind: Literal["segment", "churn_risk", "clv", "review_sentiment"]
+    kind: Literal["segment", "churn_risk", "clv", "vip", "review_sentiment"]
     value: float
     label: str | None = None
     ts: Ts

@@ -141,6 +141,13 @@ class Settings:
     attribution_window_s: float = 1_800.0
     #: A bid reservation with no win, billing or loss notice is released after this long, seconds.
     bid_reservation_ttl_s: float = 300.0
+    #: Registry names of the offline text models (ONNX; served when registered).
+    intent_model: str = "intent"
+    sentiment_model: str = "sentiment"
+    #: FAQ knowledge base of the care router (JSON); empty: the one in infra/care/faq.json.
+    care_faq: str = ""
+    #: Each partition's customers are re-scored (churn risk) once per this much event time, seconds.
+    crm_sweep_s: float = 86_400.0
     #: Offsets commit interval, seconds.
     commit_interval_s: float = 1.0
     #: Worker log level.

@@ -66,6 +66,7 @@ from shopstream.services import MESSAGE_MAX_BYTES
 from shopstream.settings import Settings
 from streams.archive import LakeArchiver
 from streams.bid_consumer import BidRequestConsumer, request_id
+from streams.care_crm import care_crm_agents
 from streams.dlq import DeadLetterSink, Publish
 
 
@@ -274,6 +275,9 @@ class OpsService(Service):
                 )
         if rt.quality.total:
             m.model_quality.labels(model="recs", metric="hr10").set(rt.quality.value)
+        iq = rt.extra.get("intent_quality")
+        if iq is not None and iq.total:
+            m.model_quality.labels(model="intent", metric="accuracy").set(iq.correct / iq.total)
         ctrq = rt.extra.get("ctr_quality")
         if ctrq is not None and ctrq.n:
             m.model_quality.labels(model="ctr", metric="auc").set(ctrq.auc.get())
@@ -666,6 +670,7 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
     runtime.extra["recommend_agent"] = recommend
     _inventory_agents(app, runtime, orders_topic)
     _bidding_agents(app, runtime)
+    care_crm_agents(app, runtime, orders_topic)
 
     if settings.archive:
         archiver = LakeArchiver(runtime)
@@ -905,6 +910,30 @@ def _register_views(app: faust.App, runtime: Runtime) -> None:
             "deep_model": getattr(bidder.deep, "version", None),
         }
         return web.json(st)
+
+    crm_state = runtime.extra["crm_state"]
+
+    @app.page("/crm/{user_id}")
+    @app.table_route(table=crm_state, match_info="user_id")
+    async def crm_view(web: Any, request: Any, user_id: str) -> Any:
+        """A customer's CRM state and Redis profile (from the worker that owns the customer)."""
+        st = crm_state.get(user_id)
+        if st is None:
+            return web.json({"error": "unknown_customer", "user_id": user_id}, status=404)
+        return web.json({"state": st, "profile": await runtime.store.get("user", user_id)})
+
+    @app.page("/care")
+    async def care_view(web: Any, request: Any) -> Any:
+        router = runtime.extra["care_router"]
+        return web.json(
+            {
+                "intent": runtime.extra["intent_quality"].status(),
+                "intents_known": sorted(str(c) for c in getattr(router.online[-1], "classes", [])),
+                "offline_model": getattr(getattr(router.offline, "version", None), "tag", None),
+                "sentiment_labels_seen": runtime.extra["sentiment"].seen,
+                "faq_entries": [e.id for e in router.faq.entries],
+            }
+        )
 
     @app.page("/models")
     async def models_view(web: Any, request: Any) -> Any:
