@@ -98,6 +98,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.what == "ctr":
         return _train_ctr(args, settings)
+    if args.what in ("intent", "sentiment"):
+        return _train_text(args, settings)
     try:
         from offline_training.data import load_interactions
         from offline_training.recs import RecsTrainConfig, train_recs
@@ -129,6 +131,96 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     )
     if res.plot:
         print(f"training curves: {res.plot}")
+    return 0
+
+
+def text_training_data(path: str, what: str, prefix: str = "") -> tuple[list[str], list[str]]:
+    """``(texts, labels)`` for the intent or sentiment model.
+
+    ``path`` is a CSV with a header (``text,category`` as banking77, ``label,review``
+    as waimai: the text column is the longest-valued one of ``text``/``review``, the
+    label ``category``/``label``/``intent``), or the event lake root: support messages an
+    agent labelled (intent), or reviews with their stars, 4-5 positive and 1-2
+    negative (sentiment).
+    """
+    import csv
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_file():
+        with p.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        if not rows:
+            raise ValueError(f"{p}: no rows")
+        cols = rows[0].keys()
+        text_col = next((c for c in ("text", "review", "message") if c in cols), None)
+        label_col = next((c for c in ("category", "label", "intent") if c in cols), None)
+        if text_col is None or label_col is None:
+            raise ValueError(f"{p}: want a text column (text/review) and a label column (category/label)")
+        return [r[text_col] for r in rows], [r[label_col] for r in rows]
+    import msgspec
+
+    from schemas.lake import read_lake
+    from schemas.topics import Topics
+
+    topic = Topics(prefix).care_messages if what == "intent" else Topics(prefix).reviews
+    texts, labels = [], []
+    for raw in read_lake(p, topic).column("value").to_pylist():
+        doc = msgspec.json.decode(raw)
+        if what == "intent" and doc.get("intent"):
+            texts.append(doc["text"])
+            labels.append(doc["intent"])
+        elif what == "sentiment" and doc.get("text") and doc.get("rating") in (1, 2, 4, 5):
+            texts.append(doc["text"])
+            labels.append("1" if doc["rating"] >= 4 else "0")
+    if len(set(labels)) < 2:
+        raise ValueError(
+            f"{p}: the lake holds {len(labels)} labelled {topic} rows in {len(set(labels))} classes"
+        )
+    return texts, labels
+
+
+def _train_text(args: argparse.Namespace, settings: Settings) -> int:
+    import tempfile
+    from pathlib import Path
+
+    try:
+        from offline_training.text import (
+            TextTrainConfig,
+            export_onnx,
+            onnx_max_abs_diff,
+            register_text_model,
+            sentiment_members,
+            train_text_classifier,
+        )
+    except ImportError as exc:
+        print(f"error: training needs the [train] extra ({exc}); run: .venv/bin/pip install -e '.[train]'")
+        return 2
+    from serving.registry import ModelRegistry
+
+    try:
+        texts, labels = text_training_data(args.data, args.what, settings.topic_prefix)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    cfg = TextTrainConfig(members=sentiment_members()) if args.what == "sentiment" else TextTrainConfig()
+    print(
+        f"training the {args.what} model on {len(texts):,} texts, {len(set(labels))} classes ...", flush=True
+    )
+    model = train_text_classifier(texts, labels, cfg, progress=lambda name, row: print(f"  {name}: {row}"))
+    name = args.name or (settings.intent_model if args.what == "intent" else settings.sentiment_model)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model, Path(tmp) / "model.onnx")
+        diff = onnx_max_abs_diff(model, path, texts[:500])
+        if not diff <= 1e-4:
+            print(
+                f"error: the ONNX export differs from PyTorch by {diff:.2e}; not registered", file=sys.stderr
+            )
+            return 1
+        mv = register_text_model(
+            ModelRegistry(args.registry or settings.model_dir), name, model, path, {"onnx_max_abs_diff": diff}
+        )
+    print(f"registered {mv.tag} (ONNX vs PyTorch max |diff| {diff:.1e}); workers swap it in within seconds")
     return 0
 
 
@@ -210,14 +302,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train a model offline (needs the [train] extra) and register it")
     s.add_argument(
         "what",
-        choices=["recs", "ctr"],
-        help="recs: NCF (GMF, MLP, NeuMF) → ONNX + Redis + registry; ctr: DeepFM → ONNX + registry",
+        choices=["recs", "ctr", "intent", "sentiment"],
+        help="recs: NCF (GMF, MLP, NeuMF) → ONNX + Redis + registry; ctr: DeepFM → ONNX + registry; "
+        "intent, sentiment: text ensembles → ONNX + registry",
     )
     s.add_argument(
         "--data",
         required=True,
         help="recs: MovieLens folder or u.data, or the event lake root; ctr: the event lake root "
-        "(bid requests joined to impressions and clicks) or a Criteo/Avazu CSV",
+        "(bid requests joined to impressions and clicks) or a Criteo/Avazu CSV; intent/sentiment: "
+        "a labelled CSV (banking77, waimai) or the event lake root (agent-labelled messages, review stars)",
     )
     s.add_argument(
         "--topic", action="append", help="lake topic to read, repeatable (default: clicks and orders)"
