@@ -274,7 +274,7 @@ def run(cfg: dict[str, float], rate: float) -> dict[str, Any]:
             campaigns=str(bench_campaigns(home / "campaigns.json")), producer_linger_s=0.0005
         )
         asyncio.run(ensure_topics(settings))
-        log(f"training a small DeepFM on {int(cfg['train_sessions']):,} sessions of the synthetic shop")
+        log(f"training a small DeepFM on the auctions in {int(cfg['train_sessions']):,} events of the synthetic shop")
         res = train_deep_model(settings, int(cfg["train_sessions"]))
         out["deep_model"] = {"tag": res.version.tag, "auc": res.metrics["auc"]}
         worker = WorkerProcess(settings, "bench", home / "worker.log").start()

@@ -133,7 +133,7 @@ def ensure_demo_ctr_model(settings: Settings, seed: int, n_sessions: int = 60_00
     from shopstream.sim import SyntheticShop
 
     print(
-        f"bidder: training DeepFM on {n_sessions:,} sessions of past ad auctions (first run only) ...",
+        f"bidder: training DeepFM on the ad auctions in {n_sessions:,} past events (first run only) ...",
         flush=True,
     )
     past = SyntheticShop(seed=seed + 1, ad_share=1.0)  # the shop's auctions before today, with their clicks

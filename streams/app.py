@@ -991,4 +991,11 @@ def run_worker(settings: Settings, worker_name: str | None = None) -> None:
     # record), which makes every logger.debug() call build a record: ~9% of a
     # busy worker's CPU. A worker here logs to a file, so no spinner.
     worker.spinner = None
+    # Everything built so far (modules, the app, models) lives as long as the process: move it
+    # out of the collector's reach, so that full collections, which stop the event loop, stay
+    # short (the bidder answers within a request's tmax).
+    import gc
+
+    gc.collect()
+    gc.freeze()
     worker.execute_from_commandline()
