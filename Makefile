@@ -61,6 +61,11 @@ bench: bench-deps
 	$(PY) -m benchmarks.recs_latency
 	$(PY) -m benchmarks.lag_monitor
 	$(PY) -m benchmarks.demand_quality
+	$(PY) -m benchmarks.bid_strategy
+	$(PY) -m benchmarks.bid_latency
+	$(PY) -m benchmarks.ctr_quality
+	$(PY) -m benchmarks.care_quality
+	$(PY) -m benchmarks.care_latency
 
 bench-quick: bench-deps
 	$(PY) -m benchmarks.codec --quick
@@ -69,6 +74,11 @@ bench-quick: bench-deps
 	$(PY) -m benchmarks.recs_latency --quick
 	$(PY) -m benchmarks.lag_monitor --quick
 	$(PY) -m benchmarks.demand_quality --quick
+	$(PY) -m benchmarks.bid_strategy --quick
+	$(PY) -m benchmarks.bid_latency --quick
+	$(PY) -m benchmarks.ctr_quality --quick
+	$(PY) -m benchmarks.care_quality --quick
+	$(PY) -m benchmarks.care_latency --quick
 
 clean:
 	rm -rf .var .pytest_cache .mypy_cache .ruff_cache
