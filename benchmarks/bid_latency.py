@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import subprocess
 import sys
 import time
 import uuid
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import REPO_ROOT, parse_args, percentiles, target, write_results
-from benchmarks.stack import local_stack
+from benchmarks.stack import echo, echo_process, local_stack, run_module
 from shopstream.procs import WorkerProcess, metric_value
 from shopstream.settings import Settings
 from shopstream.sim import SyntheticShop
@@ -179,36 +178,6 @@ async def _topic_load(
     }
 
 
-async def _echo(bootstrap: str, in_topic: str, out_topic: str, ready: Path) -> None:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
-    consumer = AIOKafkaConsumer(
-        in_topic,
-        bootstrap_servers=bootstrap,
-        group_id=f"echo-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="latest",
-        fetch_max_wait_ms=5,
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
-    await consumer.start()
-    await producer.start()
-    while not consumer.assignment():
-        await asyncio.sleep(0.05)
-    for tp in consumer.assignment():
-        await consumer.position(tp)
-    ready.write_text("ok")
-    try:
-        while True:
-            batch = await consumer.getmany(timeout_ms=100)
-            for msgs in batch.values():
-                for m in msgs:
-                    rid = json.loads(m.value)["id"]
-                    await producer.send(out_topic, value=b'{"id":"' + rid.encode() + b'"}', key=rid.encode())
-    finally:
-        await producer.stop()
-        await consumer.stop()
-
-
 def _subcommand(argv: list[str]) -> int:
     import uvloop
 
@@ -224,17 +193,12 @@ def _subcommand(argv: list[str]) -> int:
         res = uvloop.run(_topic_load(bootstrap, out_t, in_t, int(parts), bodies, rate, seconds))
         print(json.dumps(res))
     elif mode == "--echo":
-        uvloop.run(_echo(argv[1], argv[2], argv[3], Path(argv[4])))
+        uvloop.run(echo(argv[1], argv[2], argv[3], Path(argv[4]), "id"))
     return 0
 
 
 def _loadgen(*args: str) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bid_latency", *args], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return run_module("benchmarks.bid_latency", *args)
 
 
 # --- the benchmark -------------------------------------------------------------------------------------
@@ -274,7 +238,9 @@ def run(cfg: dict[str, float], rate: float) -> dict[str, Any]:
             campaigns=str(bench_campaigns(home / "campaigns.json")), producer_linger_s=0.0005
         )
         asyncio.run(ensure_topics(settings))
-        log(f"training a small DeepFM on the auctions in {int(cfg['train_sessions']):,} events of the synthetic shop")
+        log(
+            f"training a small DeepFM on the auctions in {int(cfg['train_sessions']):,} synthetic-shop events"
+        )
         res = train_deep_model(settings, int(cfg["train_sessions"]))
         out["deep_model"] = {"tag": res.version.tag, "auc": res.metrics["auc"]}
         worker = WorkerProcess(settings, "bench", home / "worker.log").start()
@@ -320,23 +286,7 @@ def run(cfg: dict[str, float], rate: float) -> dict[str, Any]:
                     settings.kafka_bootstrap, {echo_in: settings.partitions, echo_out: settings.partitions}
                 )
             )
-            ready = home / "echo.ready"
-            echo = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "benchmarks.bid_latency",
-                    "--echo",
-                    settings.kafka_bootstrap,
-                    echo_in,
-                    echo_out,
-                    str(ready),
-                ]
-            )
-            try:
-                end = time.monotonic() + 60
-                while not ready.exists() and time.monotonic() < end:
-                    time.sleep(0.1)
+            with echo_process("benchmarks.bid_latency", settings.kafka_bootstrap, echo_in, echo_out, home):
                 log(f"topic baseline (aiokafka echo): {rate:.0f}/s for {secs}s")
                 out["topic_baseline"] = summary(
                     _loadgen(
@@ -351,9 +301,6 @@ def run(cfg: dict[str, float], rate: float) -> dict[str, Any]:
                     )
                 )
                 log(f"  {out['topic_baseline']['latency_ms']}")
-            finally:
-                echo.terminate()
-                echo.wait(10)
             log(f"topic: {rate:.0f}/s for {secs}s")
             out["topic"] = summary(
                 _loadgen(

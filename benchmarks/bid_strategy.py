@@ -96,10 +96,18 @@ def replay_paced(
     bidder = PacedLinearBidder(
         b0=b0, budget=budget, n_auctions=len(data), prior_ctr=prior_ctr, gain=gain, decay=decay
     )
+    return replay_chunks(data, budget, step, bidder, lambda chunk, cost: bidder.observe(len(chunk), cost))
+
+
+def replay_chunks(data: np.ndarray, budget: float, step: int, bidder: Any, observe: Any) -> dict[str, float]:
+    """Second-price replay of an adaptive ``bidder``, ``step`` auctions at a time.
+
+    ``bidder.bids(pctr)`` prices a chunk; ``observe(chunk, cost)`` tells it the
+    chunk's outcome before the next one. The campaign stops when the budget is spent.
+    """
     clicks = cost = 0.0
     imps = 0
-    n = len(data)
-    for start in range(0, n, step):
+    for start in range(0, len(data), step):
         chunk = data[start : start + step]
         bids = bidder.bids(chunk[:, 2])
         price = chunk[:, 1]
@@ -110,7 +118,7 @@ def replay_paced(
         clicks += float(chunk[ok, 0].sum())
         cost += c_spent
         imps += int(ok.sum())
-        bidder.observe(len(chunk), c_spent)
+        observe(chunk, c_spent)
         if bidder.spent >= budget:
             break
     return {
@@ -128,28 +136,9 @@ def replay_selftuning(
 
     bidder = SelfTuningLinearBidder(budget, len(data), history[:, [2, 1]], window=window, step=step)
     bidder.retune()
-    clicks = cost = 0.0
-    imps = 0
-    for start in range(0, len(data), step):
-        chunk = data[start : start + step]
-        bids = bidder.bids(chunk[:, 2])
-        price = chunk[:, 1]
-        win = bids >= price
-        spend = bidder.spent + np.cumsum(np.where(win, price, 0.0))
-        ok = win & (spend <= budget)
-        c_spent = float(price[ok].sum())
-        clicks += float(chunk[ok, 0].sum())
-        cost += c_spent
-        imps += int(ok.sum())
-        bidder.observe(chunk[:, 2], price, c_spent)
-        if bidder.spent >= budget:
-            break
-    return {
-        "clicks": clicks,
-        "impressions": imps,
-        "spend": cost,
-        "ecpc": cost / clicks if clicks else float("nan"),
-    }
+    return replay_chunks(
+        data, budget, step, bidder, lambda chunk, cost: bidder.observe(chunk[:, 2], chunk[:, 1], cost)
+    )
 
 
 #: Market windows tried by the self-tuning bidder; the one used on test is chosen on validation only.

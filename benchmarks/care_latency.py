@@ -18,16 +18,14 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import parse_args, percentiles, target, write_results
-from benchmarks.stack import local_stack
+from benchmarks.stack import echo, echo_process, local_stack, run_module
 from shopstream.procs import WorkerProcess
 from shopstream.replay import produce
 from shopstream.sim import OUT_OF_SCOPE_TEXT, SUPPORT_TEXT
@@ -112,38 +110,7 @@ async def _load(
 
 
 def _loadgen(*args: str) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.care_latency", *args], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"load generator failed: {proc.stderr[-2000:]}")
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
-
-
-async def _echo(bootstrap: str, in_topic: str, out_topic: str, ready: Path) -> None:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
-    consumer = AIOKafkaConsumer(
-        in_topic,
-        bootstrap_servers=bootstrap,
-        group_id=f"echo-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="latest",
-        fetch_max_wait_ms=5,
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
-    await consumer.start()
-    await producer.start()
-    while not consumer.assignment():
-        await asyncio.sleep(0.05)
-    for tp in consumer.assignment():
-        await consumer.position(tp)
-    ready.write_text("ok")
-    while True:
-        batch = await consumer.getmany(timeout_ms=100)
-        for msgs in batch.values():
-            for m in msgs:
-                mid = json.loads(m.value)["message_id"]
-                await producer.send(out_topic, value=json.dumps({"message_id": mid}).encode(), key=m.key)
+    return run_module("benchmarks.care_latency", *args)
 
 
 def run(cfg: dict[str, float], rate: float) -> dict[str, Any]:
@@ -179,30 +146,11 @@ def run(cfg: dict[str, float], rate: float) -> dict[str, Any]:
             from shopstream.services import create_topics
 
             asyncio.run(create_topics(s.kafka_bootstrap, {echo_in: s.partitions, echo_out: s.partitions}))
-            ready = stack.home / "echo.ready"
-            echo = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "benchmarks.care_latency",
-                    "--echo",
-                    s.kafka_bootstrap,
-                    echo_in,
-                    echo_out,
-                    str(ready),
-                ]
-            )
-            try:
-                end = time.monotonic() + 60
-                while not ready.exists() and time.monotonic() < end:
-                    time.sleep(0.1)
+            with echo_process("benchmarks.care_latency", s.kafka_bootstrap, echo_in, echo_out, stack.home):
                 log(f"baseline (aiokafka echo): {rate:.0f}/s for {cfg['seconds']:.0f}s")
                 base = _loadgen(
                     "--load", s.kafka_bootstrap, echo_in, echo_out, str(s.partitions), str(docs), str(rate)
                 )
-            finally:
-                echo.terminate()
-                echo.wait(10)
             lat = base.pop("latencies_ms")
             out["baseline"] = {**base, "latency_ms": percentiles(lat, (50, 90, 99))}
             log(f"  {out['baseline']['latency_ms']}")
@@ -225,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
         a = sys.argv[2:]
         if sys.argv[1] == "--echo":
-            uvloop.run(_echo(a[0], a[1], a[2], Path(a[3])))
+            uvloop.run(echo(a[0], a[1], a[2], Path(a[3]), "message_id"))
             return 0
         docs = json.loads(Path(a[4]).read_text())
         print(json.dumps(uvloop.run(_load(a[0], a[1], a[2], int(a[3]), docs, float(a[5])))))

@@ -26,7 +26,6 @@ import itertools
 import json
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -36,8 +35,8 @@ import numpy as np
 
 from benchmarks.common import parse_args, percentiles, target, write_results
 from benchmarks.pipeline import ClickSource, Collector, produce_paced
+from benchmarks.stack import local_stack
 from shopstream.procs import WorkerProcess, metric_value
-from shopstream.services import Kafka, Redis, free_port
 from shopstream.settings import Settings
 from shopstream.sim import SyntheticShop
 from streams.app import ensure_topics
@@ -185,33 +184,11 @@ def run(cfg: dict[str, float]) -> dict[str, Any]:
     from offline_training.recs import RecsTrainConfig, train_recs
     from serving.registry import ModelRegistry
 
-    run_id = uuid.uuid4().hex[:8]
     out: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-recs-") as tmp:
-        home = Path(tmp)
-        kafka = Kafka(home / "kafka", port=free_port(), controller_port=free_port())
-        redis = Redis(home / "redis", port=free_port())
+    with local_stack("recs", log) as stack:
+        home, settings = stack.home, stack.settings
         worker: WorkerProcess | None = None
         try:
-            log("starting Kafka and Redis")
-            kafka.start(quiet=True)
-            redis.start(quiet=True)
-            settings = Settings.from_env(
-                None,
-                kafka_bootstrap=kafka.bootstrap,
-                redis_url=redis.url,
-                topic_prefix=f"bench-{run_id}-",
-                app_id=f"bench-{run_id}",
-                redis_prefix=f"b{run_id}:",
-                partitions=4,
-                data_dir=home / "worker",
-                lake_dir=home / "lake",
-                model_dir=home / "models",
-                web_port=free_port(),
-                session_timeout_s=6,
-                heartbeat_interval_s=0.5,
-                archive=False,
-            )
             asyncio.run(ensure_topics(settings))
             worker = WorkerProcess(settings, "bench", home / "worker.log").start()
             worker.wait_ready(timeout=90, topic=settings.topic_prefix + "shop.clicks.v1")
@@ -311,8 +288,6 @@ def run(cfg: dict[str, float]) -> dict[str, Any]:
         finally:
             if worker is not None:
                 worker.stop()
-            redis.stop(quiet=True)
-            kafka.stop(quiet=True)
 
 
 def main(argv: list[str] | None = None) -> int:

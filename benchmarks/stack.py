@@ -1,13 +1,20 @@
-"""A throw-away Kafka + Redis for one benchmark run, on free ports, in a temporary folder."""
+"""What the service benchmarks share: a throw-away Kafka + Redis on free ports, load-generator
+processes, and the aiokafka echo that is the baseline of every topic path."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shopstream.services import Kafka, Redis, free_port
 from shopstream.settings import Settings
@@ -58,3 +65,64 @@ def local_stack(prefix: str, log: Callable[[str], None] = print) -> Iterator[Sta
         finally:
             redis.stop(quiet=True)
             kafka.stop(quiet=True)
+
+
+def run_module(module: str, *args: str) -> dict[str, Any]:
+    """Run ``python -m module *args`` (a load generator) and return the JSON of its last stdout line."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} {args[0] if args else ''} failed: {proc.stderr[-2000:]}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+async def echo(bootstrap: str, in_topic: str, out_topic: str, ready: Path, field: str) -> None:
+    """The baseline of a topic path: consume each message, produce ``{field: its field}`` back at once.
+
+    Writes ``ready`` once it holds its partitions; runs until killed.
+    """
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    consumer = AIOKafkaConsumer(
+        in_topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"echo-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="latest",
+        fetch_max_wait_ms=5,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
+    await consumer.start()
+    await producer.start()
+    while not consumer.assignment():
+        await asyncio.sleep(0.05)
+    for tp in consumer.assignment():
+        await consumer.position(tp)
+    ready.write_text("ok")
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=100)
+            for msgs in batch.values():
+                for m in msgs:
+                    ident = str(json.loads(m.value)[field])
+                    await producer.send(
+                        out_topic, value=json.dumps({field: ident}).encode(), key=ident.encode()
+                    )
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+@contextlib.contextmanager
+def echo_process(module: str, bootstrap: str, in_topic: str, out_topic: str, home: Path) -> Iterator[None]:
+    """Run ``python -m module --echo ...`` while the block runs (waits until it is ready)."""
+    ready = home / f"echo-{uuid.uuid4().hex[:6]}.ready"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, "--echo", bootstrap, in_topic, out_topic, str(ready)]
+    )
+    try:
+        end = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < end:
+            time.sleep(0.1)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
