@@ -130,7 +130,8 @@ return out
 """
 
 # ARGV: prefix, bid_id, kind ('win' | 'bill' | 'loss'), price (micros).
-# Returns {result, campaign}: result one of charged, charged_late, released, duplicate, unknown.
+# Returns {result, campaign}: result one of charged, charged_capped, charged_late, released, duplicate,
+# unknown.
 _SETTLE_LUA = """
 local p = ARGV[1]
 local bid = ARGV[2]
@@ -151,12 +152,18 @@ if kind == 'loss' then
 end
 if st == 'w' then return {'duplicate', camp} end
 local result = 'charged'
+if amt > 0 and price > amt then
+  -- a clearing price above the bid cannot happen in a first- or second-price auction:
+  -- charge what was bid (and reserved), so a bad notice cannot overrun the budget
+  price = amt
+  result = 'charged_capped'
+end
 if st == 'r' then
   redis.call('HINCRBY', bud, 'reserved', -amt)
   redis.call('ZREM', p .. 'resv', bid)
 else
   -- lost or expired, then won after all: the impression was bought
-  result = 'charged_late'
+  if result == 'charged' then result = 'charged_late' end
   if fk and fk ~= '' then redis.call('INCR', fk) end
 end
 redis.call('HINCRBY', bud, 'spent', price)
@@ -317,7 +324,8 @@ class BudgetLedger:
         """Apply a ``win``, ``bill`` or ``loss`` notice; returns ``(result, campaign)``.
 
         ``price`` is the amount charged for the impression (CPM / 1000).
-        Results: ``charged``, ``charged_late``, ``released``, ``duplicate``, ``unknown``.
+        Results: ``charged``, ``charged_capped`` (a price above the bid, charged at the bid),
+        ``charged_late``, ``released``, ``duplicate``, ``unknown``.
         """
         if kind not in ("win", "bill", "loss"):
             raise ValueError(f"notice kind must be win, bill or loss, not {kind!r}")

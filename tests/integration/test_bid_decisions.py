@@ -92,14 +92,18 @@ def test_reserve_settle_release_and_expiry(redis_url):
         assert await lg.settle("b1", "bill", 0.3) == ("duplicate", "c")
         assert await lg.settle("b2", "loss") == ("released", "c")
         assert await lg.settle("nope", "win", 1.0) == ("unknown", "")
+        # a clearing price above the bid (a bad or forged notice) is charged at the bid
+        assert (await lg.reserve([[c("b9", 0.1)]], now=t))[0].reason == "ok"
+        assert await lg.settle("b9", "win", 5.0) == ("charged_capped", "c")
+        assert await lg.settle("b2b", "loss") == ("unknown", "")
         spend = (await lg.spend(["c"]))["c"]
-        assert spend.spent == pytest.approx(0.3) and spend.reserved == 0.0 and spend.wins == 1
+        assert spend.spent == pytest.approx(0.4) and spend.reserved == 0.0 and spend.wins == 2
         # a reservation with no notice expires and its money comes back
-        assert (await lg.reserve([[c("b4", 0.6)]], now=t))[0].reason == "ok"
+        assert (await lg.reserve([[c("b4", 0.5)]], now=t))[0].reason == "ok"
         assert (await lg.reserve([[c("b5", 0.2)]], now=t))[0].reason == "budget"
         assert (await lg.reserve([[c("b5", 0.2)]], now=t + 11))[0].reason == "ok"
         # ... and a late win of the expired bid is still charged (the impression was bought)
-        assert await lg.settle("b4", "win", 0.5) == ("charged_late", "c")
+        assert await lg.settle("b4", "win", 0.4) == ("charged_late", "c")
         assert (await lg.spend(["c"]))["c"].spent == pytest.approx(0.8)
         await lg.close()
 
