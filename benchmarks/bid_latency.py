@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import REPO_ROOT, parse_args, percentiles, target, write_results
-from benchmarks.stack import echo, echo_process, local_stack, run_module
+from benchmarks.stack import echo, echo_process, local_stack, producer_and_tail, run_module
 from shopstream.procs import WorkerProcess, metric_value
 from shopstream.settings import Settings
 from shopstream.sim import SyntheticShop
@@ -116,17 +116,7 @@ async def _topic_load(
     rate: float,
     seconds: float,
 ) -> dict[str, Any]:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5)
-    await producer.start()
-    await consumer.start()
-    tps = [TopicPartition(in_topic, p) for p in range(partitions)]
-    consumer.assign(tps)
-    await consumer.seek_to_end(*tps)
-    for tp in tps:
-        await consumer.position(tp)
+    producer, consumer = await producer_and_tail(bootstrap, in_topic, partitions)
     sent: dict[str, tuple[float, float]] = {}
     got: dict[str, tuple[float, bool]] = {}
     run_id = uuid.uuid4().hex[:6]

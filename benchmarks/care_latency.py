@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import parse_args, percentiles, target, write_results
-from benchmarks.stack import echo, echo_process, local_stack, run_module
+from benchmarks.stack import echo, echo_process, local_stack, producer_and_tail, run_module
 from shopstream.procs import WorkerProcess
 from shopstream.replay import produce
 from shopstream.sim import OUT_OF_SCOPE_TEXT, SUPPORT_TEXT
@@ -66,17 +66,7 @@ def messages(n: int, seed: int, labelled: bool) -> list[dict[str, Any]]:
 async def _load(
     bootstrap: str, out_topic: str, in_topic: str, parts: int, docs: list[dict], rate: float
 ) -> dict:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5)
-    await producer.start()
-    await consumer.start()
-    tps = [TopicPartition(in_topic, p) for p in range(parts)]
-    consumer.assign(tps)
-    await consumer.seek_to_end(*tps)
-    for tp in tps:
-        await consumer.position(tp)
+    producer, consumer = await producer_and_tail(bootstrap, in_topic, parts)
     sent: dict[str, float] = {}
     got: dict[str, float] = {}
 

@@ -126,3 +126,19 @@ def echo_process(module: str, bootstrap: str, in_topic: str, out_topic: str, hom
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+async def producer_and_tail(bootstrap: str, topic: str, partitions: int) -> tuple[Any, Any]:
+    """A started no-linger producer, and a consumer of every partition of ``topic`` positioned at its end."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5)
+    await producer.start()
+    await consumer.start()
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:
+        await consumer.position(tp)
+    return producer, consumer

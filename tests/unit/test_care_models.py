@@ -153,7 +153,6 @@ def test_arow_passes_river_estimator_checks() -> None:
 
 
 def test_offline_ensemble_exports_to_onnx_that_equals_torch(tmp_path) -> None:
-    pytest.importorskip("torch")
     from offline_training.text import (
         MemberConfig,
         TextTrainConfig,
@@ -198,7 +197,8 @@ def test_offline_ensemble_exports_to_onnx_that_equals_torch(tmp_path) -> None:
 
 
 def test_onnx_loader_rejects_foreign_models(tmp_path) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     from serving.care_models import OnnxTextClassifier
 
     path = tmp_path / "linear.onnx"
