@@ -677,30 +677,20 @@ def onnx_max_abs_diff(onnx_bytes: bytes, model: DeepFM, ids: np.ndarray) -> floa
 
 def plot_curves(history: list[dict[str, float]], path: Path, title: str) -> Path:
     """Training/validation log loss and validation/test AUC per epoch."""
-    import matplotlib
+    from offline_training.plots import two_panel_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def draw(ax1: Any, ax2: Any) -> None:
+        ep = [r["epoch"] for r in history]
+        ax1.plot(ep, [r["loss"] for r in history], marker="o", ms=3, label="training (incl. L2)")
+        ax1.plot(ep, [r["val_logloss"] for r in history], marker="o", ms=3, label="validation")
+        ax2.plot(ep, [r["val_auc"] for r in history], marker="o", ms=3, label="validation")
+        if history and "test_logloss" in history[0]:
+            ax1.plot(ep, [r["test_logloss"] for r in history], ls="--", label="held-out")
+            ax2.plot(ep, [r["test_auc"] for r in history], ls="--", label="held-out")
+        ax1.set(xlabel="epoch", ylabel="log loss", title="log loss")
+        ax2.set(xlabel="epoch", ylabel="AUC", title="AUC")
 
-    ep = [r["epoch"] for r in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.plot(ep, [r["loss"] for r in history], marker="o", ms=3, label="training (incl. L2)")
-    ax1.plot(ep, [r["val_logloss"] for r in history], marker="o", ms=3, label="validation")
-    ax2.plot(ep, [r["val_auc"] for r in history], marker="o", ms=3, label="validation")
-    if history and "test_logloss" in history[0]:
-        ax1.plot(ep, [r["test_logloss"] for r in history], ls="--", label="held-out")
-        ax2.plot(ep, [r["test_auc"] for r in history], ls="--", label="held-out")
-    ax1.set(xlabel="epoch", ylabel="log loss", title="log loss")
-    ax2.set(xlabel="epoch", ylabel="AUC", title="AUC")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return two_panel_png(path, title, draw)
 
 
 # -- the training command --------------------------------------------------------------------

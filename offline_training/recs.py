@@ -86,29 +86,21 @@ def _retrieval_matrix(model: Any, item_vecs: np.ndarray) -> np.ndarray:
 
 def plot_curves(histories: dict[str, list[dict[str, float]]], path: Path, title: str) -> Path:
     """Loss and HR@10 (validation and test) per epoch, one line per architecture."""
-    import matplotlib
+    from offline_training.plots import two_panel_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def draw(ax1: Any, ax2: Any) -> None:
+        for arch, hist in histories.items():
+            ep = [r["epoch"] for r in hist]
+            ax1.plot(ep, [r["loss"] for r in hist], marker="o", ms=3, label=arch)
+            (line,) = ax2.plot(
+                ep, [r["val_hr10"] for r in hist], marker="o", ms=3, label=f"{arch} validation"
+            )
+            if "hr10" in hist[0]:
+                ax2.plot(ep, [r["hr10"] for r in hist], ls="--", color=line.get_color(), label=f"{arch} test")
+        ax1.set(xlabel="epoch", ylabel="log loss", title="training loss")
+        ax2.set(xlabel="epoch", ylabel="HR@10", title="hit rate @10 (99 sampled negatives)")
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for arch, hist in histories.items():
-        ep = [r["epoch"] for r in hist]
-        ax1.plot(ep, [r["loss"] for r in hist], marker="o", ms=3, label=arch)
-        (line,) = ax2.plot(ep, [r["val_hr10"] for r in hist], marker="o", ms=3, label=f"{arch} validation")
-        if "hr10" in hist[0]:
-            ax2.plot(ep, [r["hr10"] for r in hist], ls="--", color=line.get_color(), label=f"{arch} test")
-    ax1.set(xlabel="epoch", ylabel="log loss", title="training loss")
-    ax2.set(xlabel="epoch", ylabel="HR@10", title="hit rate @10 (99 sampled negatives)")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return two_panel_png(path, title, draw)
 
 
 def export_to_redis(
