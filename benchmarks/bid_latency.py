@@ -25,6 +25,7 @@ response after ``tmax``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import sys
@@ -57,8 +58,23 @@ def _tmax_of(body: bytes) -> float:
     return float(json.loads(body).get("tmax") or 100)
 
 
+def _quiet_gc() -> None:
+    """Keep the load generator's own collector pauses out of the measured latencies.
+
+    The generator holds every request's task and timing until the end; with the collector
+    on, its full collections over those objects paused it for up to ~140 ms, and a response
+    that arrived during such a pause was timed late. Collections are off for the timed window
+    (the process exits right after it).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+
+
 async def _http_load(url: str, bodies: list[bytes], rate: float, seconds: float) -> dict[str, Any]:
     import aiohttp
+
+    _quiet_gc()
 
     lat: list[float] = []
     statuses: dict[str, int] = {}
@@ -117,6 +133,7 @@ async def _topic_load(
     seconds: float,
 ) -> dict[str, Any]:
     producer, consumer = await producer_and_tail(bootstrap, in_topic, partitions)
+    _quiet_gc()
     sent: dict[str, tuple[float, float]] = {}
     got: dict[str, tuple[float, bool]] = {}
     run_id = uuid.uuid4().hex[:6]
@@ -214,6 +231,33 @@ def bench_campaigns(path: Path) -> Path:
     return path
 
 
+def worker_side(before: str, after: str, path: str) -> dict[str, float]:
+    """The worker's own view of a phase: its bid times, event-loop stalls and GC pauses (from its metrics).
+
+    The worker times a topic request from the exchange's CreateTime, so its view
+    includes the trip in, not the trip back.
+    """
+
+    def delta(name: str, labels: dict[str, str] | None = None) -> float:
+        return metric_value(after, name, labels) - metric_value(before, name, labels)
+
+    lag = "shopstream_event_loop_lag_seconds"
+    samples = delta(lag + "_count")
+    out = {
+        "loop_lag_samples": samples,
+        "loop_lag_over_10ms": samples - delta(lag + "_bucket", {"le": "0.01"}),
+        "loop_lag_over_50ms": samples - delta(lag + "_bucket", {"le": "0.05"}),
+    }
+    bid = "shopstream_bid_seconds"
+    n = delta(bid + "_count", {"path": path})
+    for ms, le in ((5, "0.005"), (10, "0.01")):
+        out[f"bid_over_{ms}ms"] = n - delta(bid + "_bucket", {"path": path, "le": le})
+    for g in ("0", "1", "2"):
+        out[f"gc{g}_collections"] = delta("shopstream_gc_pause_seconds_count", {"generation": g})
+        out[f"gc{g}_seconds"] = round(delta("shopstream_gc_pause_seconds_sum", {"generation": g}), 4)
+    return out
+
+
 def summary(res: dict[str, Any]) -> dict[str, Any]:
     lat = res.pop("latencies_ms")
     return {**res, "latency_ms": percentiles(lat, (50, 90, 99)) if lat else {}}
@@ -262,10 +306,12 @@ def run(cfg: dict[str, float], rate: float) -> dict[str, Any]:
             log(f"HTTP: {rate:.0f}/s for {secs}s")
             out["http"] = summary(_loadgen("--http", worker.url, str(bodies), str(rate), secs))
             text1 = worker.metrics_text()
+            out["http"]["worker"] = worker_side(text0, text1, "http")
             out["http"]["bids"] = metric_value(
                 text1, "shopstream_bids_total", {"path": "http", "outcome": "bid"}
             ) - (metric_value(text0, "shopstream_bids_total", {"path": "http", "outcome": "bid"}))
             log(f"  {out['http']['latency_ms']}, {out['http']['late']} late, {out['http']['bids']:.0f} bids")
+            log(f"  worker: {out['http']['worker']}")
 
             p = settings.topic_prefix
             echo_in, echo_out = p + "echo.requests", p + "echo.responses"
@@ -292,6 +338,7 @@ def run(cfg: dict[str, float], rate: float) -> dict[str, Any]:
                 )
                 log(f"  {out['topic_baseline']['latency_ms']}")
             log(f"topic: {rate:.0f}/s for {secs}s")
+            text2 = worker.metrics_text()
             out["topic"] = summary(
                 _loadgen(
                     "--topic",
@@ -305,6 +352,8 @@ def run(cfg: dict[str, float], rate: float) -> dict[str, Any]:
                 )
             )
             t = out["topic"]
+            t["worker"] = worker_side(text2, worker.metrics_text(), "topic")
+            log(f"  worker: {t['worker']}")
             log(f"  {t['latency_ms']}, {t['late']} late, {t['with_bids']} with bids")
             text = worker.metrics_text()
             out["worker_bid_outcomes"] = {

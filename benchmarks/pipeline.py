@@ -171,15 +171,24 @@ class Collector:
 
 
 def _cpu_seconds(pid: int | None) -> float:
-    """user+system CPU seconds of ``pid`` (0.0 if unreadable)."""
+    """user+system CPU seconds of ``pid`` and its live descendants (0.0 if unreadable).
+
+    ``shopstream worker`` is a supervisor whose child does the work, so the tree is summed.
+    """
     if pid is None:
         return 0.0
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
             fields = f.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return 0.0
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            children = [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+        children = []
+    return own + sum(_cpu_seconds(c) for c in children)
 
 
 def _kafka_pid(kafka: Kafka) -> int | None:

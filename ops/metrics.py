@@ -156,6 +156,22 @@ class Metrics:
             registry=r,
         )
 
+        self.loop_lag = Histogram(
+            "shopstream_event_loop_lag_seconds",
+            "How late the worker's event loop ran a timer due every 10 ms: time in which nothing"
+            " else on the loop (requests, messages) could run.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.gc_pause = Histogram(
+            "shopstream_gc_pause_seconds",
+            "Duration of the Python garbage collector's collections, by generation (each one stops"
+            " the event loop).",
+            ["generation"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The text exposition format."""
         return bytes(generate_latest(self.registry))

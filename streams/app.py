@@ -35,6 +35,7 @@ from online_models.ctr import REQUEST_FIELDS, CTRBlend, OnlineCTR
 from ops.alerts import AlertRules
 from ops.dashboard import Timeline, page, vendor_file
 from ops.lag import STATUSES, LagMonitor
+from ops.loopwatch import LoopWatch
 from ops.metrics import Metrics
 from ops.quality import PrequentialHits
 from schemas.codec import Codec, encode
@@ -200,6 +201,24 @@ class ModelWatcherService(Service):
     async def on_stop(self) -> None:
         await self.runtime.batcher.flush()
         await self.runtime.recommender.close()
+
+
+class LoopWatchService(Service):
+    """Runs :class:`ops.loopwatch.LoopWatch` for the worker's lifetime."""
+
+    def __init__(self, runtime: Runtime, **kwargs: Any) -> None:
+        self.watch = LoopWatch(runtime.metrics)
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        self.watch.install_gc_hook()
+
+    @Service.task
+    async def _sample(self) -> None:
+        await self.watch.run()
+
+    async def on_stop(self) -> None:
+        self.watch.remove_gc_hook()
 
 
 class OpsService(Service):
@@ -569,6 +588,7 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
     app.service(flusher)  # type: ignore[arg-type]
     app.service(ModelWatcherService(runtime, settings.model_poll_s))  # type: ignore[arg-type]
     app.service(OpsService(app, runtime))  # type: ignore[arg-type]
+    app.service(LoopWatchService(runtime))  # type: ignore[arg-type]
     watchdog = RecoveryWatchdog(app, settings.recovery_stall_s)
     runtime.extra["recovery_watchdog"] = watchdog
     app.service(watchdog)  # type: ignore[arg-type]

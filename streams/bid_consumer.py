@@ -79,6 +79,8 @@ class BidRequestConsumer(Service):
         self._done: dict[TopicPartition, int] = {}
         self._pending: list[tuple[dict[TopicPartition, int], list[asyncio.Future]]] = []
         self._last_commit = time.monotonic()
+        self._committing: asyncio.Future | None = None
+        self._commit_lock = asyncio.Lock()
         m = runtime.metrics
         t = runtime.topics
         self._in = m.events_in.labels(topic=t.bid_requests)
@@ -145,27 +147,40 @@ class BidRequestConsumer(Service):
                 futs = await asyncio.gather(*(self.handle(r) for rs in batch.values() for r in rs))
                 offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}
                 self._pending.append((offsets, [f for f in futs if f is not None]))
-            if time.monotonic() - self._last_commit >= interval:
-                await self.commit()
+            if time.monotonic() - self._last_commit >= interval and (
+                self._committing is None or self._committing.done()
+            ):
+                # In its own task: a commit waits for deliveries and a broker round trip,
+                # and requests that arrive meanwhile must not wait behind it.
+                self._last_commit = time.monotonic()
+                self._committing = asyncio.ensure_future(self.commit())
 
     async def commit(self) -> None:
-        """Commit the offsets of every request whose response the broker has acknowledged."""
-        pending, self._pending = self._pending, []
-        for offsets, futs in pending:
-            results = await asyncio.gather(*futs, return_exceptions=True)
-            failed = [r for r in results if isinstance(r, BaseException)]
-            if failed:
-                self.runtime.metrics.produce_errors.inc(len(failed))
-                self.log.error("%d bid responses were not delivered: %r", len(failed), failed[0])
-            self._done.update(offsets)
-        self._last_commit = time.monotonic()
-        if self.consumer is not None and self._done:
-            done, self._done = self._done, {}
-            with contextlib.suppress(Exception):  # a rebalance in progress: the next commit retries
-                await self.consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in done.items()})
+        """Commit the offsets of every request whose response the broker has acknowledged.
+
+        Commits run one at a time (the periodic one runs in its own task, and a rebalance
+        commits too), so that an older offset can never be committed after a newer one.
+        """
+        async with self._commit_lock:
+            pending, self._pending = self._pending, []
+            for offsets, futs in pending:
+                results = await asyncio.gather(*futs, return_exceptions=True)
+                failed = [r for r in results if isinstance(r, BaseException)]
+                if failed:
+                    self.runtime.metrics.produce_errors.inc(len(failed))
+                    self.log.error("%d bid responses were not delivered: %r", len(failed), failed[0])
+                self._done.update(offsets)
+            self._last_commit = time.monotonic()
+            if self.consumer is not None and self._done:
+                done, self._done = self._done, {}
+                with contextlib.suppress(Exception):  # a rebalance in progress: the next commit retries
+                    await self.consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in done.items()})
 
     async def on_stop(self) -> None:
         try:
+            if self._committing is not None:
+                with contextlib.suppress(Exception):
+                    await self._committing
             await self.commit()
         finally:
             if self.consumer is not None:

@@ -99,3 +99,34 @@ def test_timeline_rates_and_latency_quantiles():
         p["latency"]["a"]["p50_ms"] == 1.0 and p["latency"]["a"]["p99_ms"] is None
     )  # p99 above the last bound
     assert p["lag"] == {"g c:0": 7} and p["status"] == {"g": "OK"}
+
+
+def test_loop_watch_sees_a_blocked_loop_and_gc_pauses() -> None:
+    import asyncio
+    import gc
+    import time
+
+    from ops.loopwatch import LoopWatch
+    from ops.metrics import Metrics
+
+    m = Metrics()
+    watch = LoopWatch(m, interval_s=0.005)
+
+    async def main() -> None:
+        watch.install_gc_hook()
+        task = asyncio.ensure_future(watch.run())
+        await asyncio.sleep(0.03)
+        time.sleep(0.06)  # a callback that holds the loop for 60 ms
+        await asyncio.sleep(0.03)
+        gc.collect()
+        task.cancel()
+        watch.remove_gc_hook()
+
+    asyncio.run(main())
+    assert watch.max_lag_s >= 0.05
+    text = m.render().decode()
+    over_50ms = [ln for ln in text.splitlines() if ln.startswith("shopstream_event_loop_lag_seconds_bucket")]
+    below = {ln.split('le="')[1].split('"')[0]: float(ln.rpartition(" ")[2]) for ln in over_50ms}
+    assert below["+Inf"] - below["0.05"] >= 1  # the stall is in the histogram
+    assert below["0.005"] >= 1  # and so are the ordinary, punctual ticks
+    assert 'shopstream_gc_pause_seconds_count{generation="2"} 1.0' in text
