@@ -322,6 +322,7 @@ def run(cfg: dict[str, float], rate: float) -> dict[str, Any]:
                     settings.kafka_bootstrap, {echo_in: settings.partitions, echo_out: settings.partitions}
                 )
             )
+
             def topic_load(to: str, back: str, seconds: str) -> dict[str, Any]:
                 return _loadgen(
                     "--topic",

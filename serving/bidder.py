@@ -21,9 +21,11 @@ One :meth:`Bidder.decide` serves both transports (the bid-requests topic and
    :class:`online_models.ctr.CTRBlend`.
 5. **Price.** Value per click (target CPC, or target CPA x configured CVR)
    x pCTR x 1000 (a CPM) x the campaign's pacing multiplier
-   (:class:`serving.bidding.DayPacer`, moved by the day's spend against its
-   plan). First-price auctions (``at`` = 1) shade the bid by ``shade``;
-   second-price auctions bid their value. Bids are capped at the campaign's
+   (:class:`serving.bidding.MarketPacer`: self-tuning linear bidding, re-solved
+   from the market prices that win and loss notices reveal and the day's
+   spend; spend against the plan until enough prices are known). First-price
+   auctions (``at`` = 1) shade the bid by ``shade``; second-price auctions bid
+   their value. Bids are capped at the campaign's
    ``bid_cap`` and dropped below the floor.
 6. **Budget.** The best candidate of each impression reserves its price in
    the Redis ledger (:mod:`serving.budget`, which says why the budget is one
@@ -50,7 +52,7 @@ import numpy as np
 
 from online_models.ctr import CTRBlend, OnlineCTR, hash_ids, request_fields
 from schemas.openrtb import NBR, Bid, BidRequest, BidResponse, Imp, SeatBid
-from serving.bidding import DayPacer
+from serving.bidding import MarketPacer
 from serving.budget import BudgetLedger, Candidate
 from serving.campaigns import Campaign, CampaignBook, Creative
 
@@ -103,7 +105,7 @@ class Bidder:
         profiles: Callable[[str], Any] | None = None,
         deep: Any = None,
         config: BidderConfig | None = None,
-        pacer_factory: Callable[[], DayPacer] = DayPacer,
+        pacer_factory: Callable[[], MarketPacer] = MarketPacer,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.book = book
@@ -114,7 +116,7 @@ class Bidder:
         self.deep = deep
         self.config = config or BidderConfig()
         self.pacer_factory = pacer_factory
-        self.pacers: dict[str, DayPacer] = {}
+        self.pacers: dict[str, MarketPacer] = {}
         self.clock = clock
 
     # --- pacing -------------------------------------------------------------------------
@@ -123,18 +125,52 @@ class Bidder:
         p = self.pacers.get(campaign)
         return p.mu if p is not None else 1.0
 
+    def _pacer(self, campaign: str) -> MarketPacer:
+        pacer = self.pacers.get(campaign)
+        if pacer is None:
+            pacer = self.pacers[campaign] = self.pacer_factory()
+        return pacer
+
     async def update_pacing(self, now: float | None = None) -> dict[str, float]:
-        """Move every campaign's multiplier from the day's spend (one Redis round trip)."""
+        """Move every campaign's multiplier from the day's spend and bids (one Redis round trip)."""
         now = self.clock() if now is None else now
         camps = self.book.campaigns
         spend = await self.ledger.spend([c.id for c in camps])
-        out = {}
-        for c in camps:
-            pacer = self.pacers.get(c.id)
-            if pacer is None:
-                pacer = self.pacers[c.id] = self.pacer_factory()
-            out[c.id] = pacer.update(c.daily_budget, spend[c.id].spent, now)
-        return out
+        return {
+            c.id: self._pacer(c.id).update(c.daily_budget, spend[c.id].spent, now, bids=spend[c.id].bids)
+            for c in camps
+        }
+
+    def pacer_status(self, campaign: str) -> dict[str, Any]:
+        """How a campaign is paced: ``mode`` (``plan`` or ``market``) and market prices known."""
+        p = self.pacers.get(campaign)
+        if p is None:
+            return {"mode": "plan", "market_prices": 0, "from_losses": 0}
+        return {"mode": p.mode, "market_prices": p.observations, "from_losses": p.losses}
+
+    def observe_market(
+        self, campaign: str, context: str | None, price_cpm: float, lost: bool = False
+    ) -> bool:
+        """Feed one auction's market price to the campaign's pacer (from a notice).
+
+        ``context`` is what the bid stored in the ledger (it holds the bid's unpaced
+        value); ``price_cpm`` the clearing price of a win or the minimum to win of a
+        loss. Returns whether the observation was used.
+        """
+        if not context or not campaign:
+            return False
+        try:
+            value = float(msgspec.json.decode(context).get("v") or 0.0)
+        except (msgspec.DecodeError, AttributeError, TypeError, ValueError):
+            return False
+        if value <= 0.0:
+            return False
+        self._pacer(campaign).observe(value, price_cpm, lost)
+        return True
+
+    async def learn_price(self, bid_id: str, campaign: str, price_cpm: float, lost: bool = False) -> bool:
+        """:meth:`observe_market` for a notice that carries no context (one ledger read)."""
+        return self.observe_market(campaign, await self.ledger.bid_context(bid_id), price_cpm, lost)
 
     # --- the decision -------------------------------------------------------------------------
 
@@ -250,17 +286,17 @@ class Bidder:
         slots: dict[str, list[tuple[float, Candidate, dict[str, Any]]]] = {}
         for (imp, c, cr, f), po, pd in zip(rows, p_online, p_deep, strict=True):
             pctr = self.blend.predict(po, pd)
-            price = c.value_per_click * pctr * 1000.0 * self.multiplier(c.id)
+            value = c.value_per_click * pctr * 1000.0  # CPM
             if at == 1:
-                price *= self.config.shade
-            price = round(min(price, c.bid_cap), 4)
+                value *= self.config.shade
+            price = round(min(value * self.multiplier(c.id), c.bid_cap), 4)
             floor = imp.bidfloor or 0.0
             if imp.bidfloorcur and imp.bidfloorcur != c.currency and floor > 0:
                 continue  # no FX table: a floor in another currency is not comparable
             if price <= 0 or price < floor:
                 continue
             bid_id = f"{req.id}:{imp.id}"
-            ctx = _ctx_enc.encode({"f": f, "po": po, "pd": pd, "u": user_id or ""}).decode()
+            ctx = _ctx_enc.encode({"f": f, "po": po, "pd": pd, "u": user_id or "", "v": value}).decode()
             cand = Candidate(
                 bid_id=bid_id,
                 campaign=c.id,
@@ -316,7 +352,7 @@ class Bidder:
                     price=b["price"],
                     nurl=f"{base}/openrtb2/win?bid={q}&price=${{AUCTION_PRICE}}",
                     burl=f"{base}/openrtb2/bill?bid={q}&price=${{AUCTION_PRICE}}",
-                    lurl=f"{base}/openrtb2/loss?bid={q}&reason=${{AUCTION_LOSS}}",
+                    lurl=f"{base}/openrtb2/loss?bid={q}&reason=${{AUCTION_LOSS}}&mtw=${{AUCTION_MIN_TO_WIN}}",
                     adm=adm,
                     adomain=list(cr.adomain),
                     cid=b["campaign"],

@@ -24,6 +24,7 @@ True
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import numpy as np
 
@@ -151,7 +152,8 @@ class DayPacer:
         start = self.start if self.start is not None else now - now % 86_400
         return min(max((now - start) / self.period_s, 0.0), 1.0)
 
-    def update(self, budget: float, spent: float, now: float) -> float:
+    def update(self, budget: float, spent: float, now: float, bids: int = 0) -> float:
+        """Move the multiplier by spend against the plan at ``now`` (``bids`` is not used)."""
         prog = self.progress(now)
         if self._last is not None and now > self._last:
             share = (now - self._last) / self.period_s
@@ -238,3 +240,116 @@ class SelfTuningLinearBidder:
         self._price = np.concatenate([self._price, market_price])[-self.window :]
         if due:
             self.retune()
+
+
+class MarketPacer:
+    """The live pacing controller of one campaign: self-tuning linear bidding over the market seen.
+
+    The bidder prices an impression at its value (value per click x pCTR, as a
+    CPM) times this pacer's multiplier ``mu``. Bidding ``mu x value`` is linear
+    bidding with ``b0 = mu x mean value``, so ``mu`` is re-solved the way
+    :class:`SelfTuningLinearBidder` re-solves ``b0`` (the same code, evaluated by
+    ``benchmarks/bid_strategy.py`` on iPinYou): the multiplier at which the last
+    ``window`` auctions would have spent at the rate that the remaining budget
+    allows for the remaining auctions of the day.
+
+    What it learns from, in a live exchange:
+
+    * the market price of each auction it took part in: the clearing price of a
+      win (the win or billing notice, or the impression event), and the
+      ``${AUCTION_MIN_TO_WIN}`` of a loss notice, each with the value the bid was
+      made from (stored with the bid in the budget ledger), via :meth:`observe`.
+      Each worker keeps its own window (a sample of the same market);
+    * spend and the number of bids of the day, for every worker together, from
+      the budget ledger. The day's remaining auctions are extrapolated from the
+      bids so far at the day's rate.
+
+    Until ``min_obs`` market prices are known, a quarter of them from losses (a new
+    campaign, or an exchange that sends no loss prices: win prices alone show only
+    the auctions already won, and would say that bidding more buys nothing), it
+    paces with :class:`DayPacer`, spend against the plan, and starts from the
+    multiplier that controller reached.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(1)
+    >>> pacer = MarketPacer(period_s=1000.0, start=0.0, min_obs=100, resolve_s=0.0)
+    >>> for v, p in zip(rng.gamma(2.0, 50.0, 2000), rng.gamma(2.0, 40.0, 2000)):
+    ...     pacer.observe(float(v), float(p), lost=p > v)
+    >>> # Half the day gone, 10,000 bids made: at mu = 1 this market takes ~320 per 10,000
+    >>> # auctions. With 540 of 640 left, bid up; with 140 left, bid down.
+    >>> round(pacer.update(budget=640.0, spent=100.0, now=500.0, bids=10_000), 2), pacer.mode
+    (2.06, 'market')
+    >>> round(pacer.update(budget=640.0, spent=500.0, now=500.0, bids=10_000), 2)
+    0.52
+    """
+
+    def __init__(
+        self,
+        period_s: float = 86_400.0,
+        start: float | None = None,
+        window: int = 10_000,
+        min_obs: int = 200,
+        bounds: tuple[float, float] = (0.05, 10.0),
+        resolve_s: float = 5.0,
+    ) -> None:
+        self.plan = DayPacer(bounds=bounds, period_s=period_s, start=start)
+        self.resolve_s = resolve_s
+        self._solved_at: float | None = None
+        self.window = window
+        self.min_obs = min_obs
+        self.bounds = bounds
+        self._value: deque[float] = deque(maxlen=window)
+        self._price: deque[float] = deque(maxlen=window)
+        self._lost: deque[bool] = deque(maxlen=window)
+        self._n_lost = 0
+        self.mu = 1.0
+        self.mode = "plan"
+
+    @property
+    def observations(self) -> int:
+        return len(self._price)
+
+    @property
+    def losses(self) -> int:
+        """Market prices in the window that came from lost auctions."""
+        return self._n_lost
+
+    def observe(self, value_cpm: float, price_cpm: float, lost: bool = False) -> None:
+        """One auction's outcome: the bid's unpaced value and the market price (both CPM).
+
+        ``lost``: the price came from a loss notice (the minimum to win), not a win.
+        """
+        if value_cpm > 0.0 and price_cpm >= 0.0 and math.isfinite(value_cpm) and math.isfinite(price_cpm):
+            if len(self._lost) == self.window and self._lost[0]:
+                self._n_lost -= 1
+            self._value.append(value_cpm)
+            self._price.append(price_cpm)
+            self._lost.append(lost)
+            self._n_lost += lost
+
+    def update(self, budget: float, spent: float, now: float, bids: int = 0) -> float:
+        """Re-solve the multiplier from the day's ``spent`` and ``bids`` (all workers) at ``now``."""
+        mu_plan = self.plan.update(budget, spent, now)
+        progress = self.plan.progress(now)
+        known = self.observations >= self.min_obs and 4 * self.losses >= self.min_obs
+        if not known or bids <= 0 or not 0.0 < progress < 1.0:
+            self.mu, self.mode = mu_plan, "plan"
+            return self.mu
+        if self.mode == "market" and self._solved_at is not None and now - self._solved_at < self.resolve_s:
+            self.plan.mu = self.mu
+            return self.mu  # a solve costs ~1 ms of the event loop: at most every resolve_s
+        self._solved_at = now
+        expected = bids / progress  # the day's auctions at today's rate so far
+        # Prices are CPMs: the solver counts money in CPM units (1,000 x the currency).
+        solver = SelfTuningLinearBidder(
+            budget * 1000.0,
+            max(int(expected), bids + 1),
+            np.column_stack([np.fromiter(self._value, float), np.fromiter(self._price, float)]),
+            window=self.window,
+        )
+        solver.spent, solver.seen = spent * 1000.0, bids
+        solver.retune()
+        self.mu = min(max(solver.b0 / solver.mean_ctr, self.bounds[0]), self.bounds[1])
+        self.plan.mu = self.mu  # a fall back to the plan continues from here
+        self.mode = "market"
+        return self.mu

@@ -110,9 +110,12 @@ def _ads_line(campaigns: dict, exchange) -> str:  # type: ignore[no-untyped-def]
         else "waiting for labels"
     )
     win = f"{100 * st.wins / st.bids:.0f}%" if st.bids else "-"
+    pacers = [v.get("pacer") or {} for v in (campaigns.get("today") or {}).values()]
+    market = sum(p.get("mode") == "market" for p in pacers)
     return (
         f"  ads: {st.requests:,} bid requests, {st.bids:,} bids, {st.wins:,} won ({win}), "
-        f"{st.clicks:,} clicks, spend {spend:.2f} EUR | online CTR model AUC {auc}"
+        f"{st.clicks:,} clicks, spend {spend:.2f} EUR | online CTR model AUC {auc} | "
+        f"pacing on market prices: {market}/{len(pacers)} campaigns"
     )
 
 

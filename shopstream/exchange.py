@@ -8,7 +8,8 @@ for ``${AUCTION_PRICE}``, as exchanges do, and puts the impression (the
 billing event) on the ad-events topic; the user then clicks with the
 synthetic shop's true click probability for that user, campaign, size,
 device and site, and the click follows on the same topic. A loss calls
-``lurl`` with loss reason 102 (lost to a higher bid).
+``lurl`` with loss reason 102 (lost to a higher bid) and the price that
+would have won (``${AUCTION_MIN_TO_WIN}``).
 
 The bidder thus learns its CTR model from clicks that depend on the features
 it sees, and spends real (simulated) money through its budget ledger.
@@ -142,7 +143,9 @@ class ExchangeSimulator:
                                 price = self.market_price()
                                 if bid.price < price or req is None:
                                     if bid.lurl:
-                                        url = bid.lurl.replace("${AUCTION_LOSS}", "102")
+                                        url = bid.lurl.replace("${AUCTION_LOSS}", "102").replace(
+                                            "${AUCTION_MIN_TO_WIN}", f"{price:.4f}"
+                                        )
                                         t = asyncio.create_task(notify(url))
                                         notices.add(t)
                                         t.add_done_callback(notices.discard)

@@ -54,7 +54,7 @@ from schemas.openrtb import BID_REQUEST_CODEC, BID_RESPONSE_CODEC, NBR
 from schemas.topics import Topics
 from serving.attribution import AttributionJoin, Labelled
 from serving.bidder import Bidder, BidderConfig, Decision
-from serving.bidding import DayPacer
+from serving.bidding import MarketPacer
 from serving.budget import BudgetLedger
 from serving.campaigns import CampaignBook, CampaignError
 from serving.clickstream import ClickstreamProcessor
@@ -412,7 +412,7 @@ def _bidding_agents(app: faust.App, runtime: Runtime) -> Bidder:
             safety_ms=s.bid_safety_ms,
             shade=s.bid_shade,
         ),
-        pacer_factory=lambda: DayPacer(period_s=s.bid_plan_s),
+        pacer_factory=lambda: MarketPacer(period_s=s.bid_plan_s),
     )
     runtime.extra["bidder"] = bidder
     deep = RegistryWatcher(ModelRegistry(s.model_dir), s.ctr_model, _load_request_ctr_model, m)
@@ -454,9 +454,11 @@ def _bidding_agents(app: faust.App, runtime: Runtime) -> Bidder:
             bid_id = f"{ev.request_id}:{ev.imp_id}"
             part = message.partition
             if isinstance(ev, Impression):
-                result, _ = await ledger.settle(bid_id, "bill", ev.price / 1000.0)
+                result, campaign = await ledger.settle(bid_id, "bill", ev.price / 1000.0)
                 m.bid_notices.labels(kind="impression", result=result).inc()
                 ctx = await ledger.bid_context(bid_id) if result != "unknown" else None
+                if result.startswith("charged"):  # the first report of this win: its market price
+                    bidder.observe_market(campaign, ctx, ev.price)
                 learn(join.impression(attribution, part, ev.request_id, ev.imp_id, ev.ts, ctx))
             elif isinstance(ev, AdClick):
                 learn(join.click(attribution, part, ev.request_id, ev.imp_id, ev.ts))
@@ -915,13 +917,33 @@ def _register_views(app: faust.App, runtime: Runtime) -> None:
                 )
         result, campaign = await bidder.ledger.settle(bid_id, kinds[kind], price / 1000.0)
         runtime.metrics.bid_notices.labels(kind=kind, result=result).inc()
+        # The market price, for the campaign's pacer: a win's clearing price (first report
+        # only), or a loss's ${AUCTION_MIN_TO_WIN} when the exchange fills it in.
+        market = price if result.startswith("charged") else None
+        if kind == "loss" and result == "released":
+            try:
+                market = float(request.query.get("mtw", ""))
+            except ValueError:
+                market = None  # macro not supported by this exchange
+        if market is not None and 0.0 <= market < 1e6:
+            try:
+                await bidder.learn_price(bid_id, campaign, market, lost=kind == "loss")
+            except Exception as exc:  # the notice is settled; pacing can do without this price
+                app.log.warning("market price of %s not recorded: %s", bid_id, exc)
         return web.json({"bid": bid_id, "kind": kind, "result": result, "campaign": campaign})
 
     @app.page("/campaigns")
     async def campaigns_view(web: Any, request: Any) -> Any:
         st = bidder.book.status()
         spend = await bidder.ledger.spend(st["campaigns"]) if st["campaigns"] else {}
-        st["today"] = {c: {**dataclasses.asdict(v), "pacing": bidder.multiplier(c)} for c, v in spend.items()}
+        st["today"] = {
+            c: {
+                **dataclasses.asdict(v),
+                "pacing": bidder.multiplier(c),
+                "pacer": bidder.pacer_status(c),
+            }
+            for c, v in spend.items()
+        }
         join = runtime.extra["attribution"]
         st["ctr"] = {
             **runtime.extra["ctr_quality"].status(),

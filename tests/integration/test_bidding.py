@@ -127,12 +127,25 @@ def test_budget_holds_under_concurrent_requests_across_workers_and_notices_charg
     # The budget was the binding constraint: without it these bids would have spent more.
     assert sum(b.price for b in all_bids) / 1000 <= budget + 1e-9
     assert len(all_bids) >= 15 and len(all_bids) < n_topic + n_http
-    # Win every bid at its full price; the win notice twice over HTTP, then again as an impression event.
+    # The last bid loses (its loss notice says what would have won); every other bid wins at its
+    # full price: the win notice twice over HTTP, then again as an impression event.
+    lost, all_bids = all_bids[-1], all_bids[:-1]
+    assert lost.lurl is not None
+    loss = lost.lurl.replace("${AUCTION_LOSS}", "102").replace("${AUCTION_MIN_TO_WIN}", str(lost.price + 0.5))
+    assert [r["result"] for r in asyncio.run(get_all([loss]))] == ["released"]
     urls = [b.nurl.replace("${AUCTION_PRICE}", str(b.price)) for b in all_bids]
     first = asyncio.run(get_all(urls))
     again = asyncio.run(get_all(urls[::2] + [u.replace("/win?", "/bill?") for u in urls[1::2]]))
     assert [r["result"] for r in first] == ["charged"] * len(urls)
     assert {r["result"] for r in again} == {"duplicate"}
+    # Each auction's market price reached the campaign's pacer once: the first report of each
+    # win, and the loss's minimum to win (duplicates are not counted again).
+    pacers = [
+        st["today"]["c-budget"]["pacer"]
+        for st in asyncio.run(get_all([w1.url + "/campaigns", w2.url + "/campaigns"]))
+    ]
+    assert sum(p["market_prices"] for p in pacers) == len(all_bids) + 1
+    assert sum(p["from_losses"] for p in pacers) == 1
     ad_topic = s1.topic_prefix + "ads.events.v1"
     impressions = [
         (

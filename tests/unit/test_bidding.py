@@ -63,3 +63,91 @@ def test_self_tuning_lin_follows_a_market_that_changes_and_uses_the_budget():
     assert 0.35 * budget <= half <= 0.65 * budget  # evenly, despite the price change
     # it raised its bids to keep buying in the dearer market
     assert b0_at[3 * n // 4] > 1.3 * b0_at[n // 2 - 500]
+
+
+def _market_day(pacer_factory, n=60_000, budget=900.0, seed=3):
+    """A simulated day of one campaign: ``n`` auctions (second price) over 1,000 s; pacing every 10 s.
+
+    The value of each auction is ``value_per_click x pCTR`` (CPM); the market is set so that
+    bidding the plain value would spend about twice the budget over the day.
+    """
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.uniform(0.0, 1000.0, n))
+    pctr = rng.beta(2, 300, size=n)
+    value = 10.0 * pctr * 1000.0  # CPM: value per click 10
+    price = rng.gamma(2.0, 35.0, size=n)
+    clicks = rng.random(n) < pctr
+    pacer = pacer_factory()
+    spent = 0.0
+    bids = won_clicks = 0
+    spent_at = {}
+    nxt = 10.0
+    for i in range(n):
+        if t[i] >= nxt:
+            pacer.update(budget, spent, nxt, bids=bids)
+            spent_at[round(nxt)] = spent
+            nxt += 10.0
+        bid = value[i] * pacer.mu
+        if spent + price[i] / 1000 > budget:
+            continue
+        bids += 1
+        if bid >= price[i]:
+            spent += price[i] / 1000
+            won_clicks += int(clicks[i])
+            pacer_observe = getattr(pacer, "observe", None)
+            if pacer_observe:
+                pacer_observe(value[i], price[i])  # the win notice's clearing price
+        elif getattr(pacer, "observe", None):
+            pacer.observe(value[i], price[i], lost=True)  # the loss notice's ${AUCTION_MIN_TO_WIN}
+    return pacer, spent, spent_at, won_clicks
+
+
+def test_market_pacer_spends_the_day_evenly_and_wins_at_least_the_plan_controllers_clicks():
+    from serving.bidding import DayPacer, MarketPacer
+
+    budget = 900.0
+    pacer, spent, at, clicks = _market_day(lambda: MarketPacer(period_s=1000.0, start=0.0))
+    assert pacer.mode == "market" and pacer.observations == 10_000  # a full window of prices
+    assert 0.9 * budget <= spent <= budget  # the budget is used, never overrun
+    assert 0.35 * budget <= at[500] <= 0.65 * budget  # ... evenly over the day
+    _, plan_spent, _, plan_clicks = _market_day(lambda: DayPacer(period_s=1000.0, start=0.0))
+    assert plan_spent <= budget
+    assert clicks >= plan_clicks  # the market-solved multiplier buys at least as many clicks
+
+
+def test_market_pacer_paces_by_plan_until_it_knows_prices():
+    from serving.bidding import MarketPacer
+
+    p = MarketPacer(period_s=1000.0, start=0.0, min_obs=50)
+    for _ in range(49):
+        p.observe(10.0, 5.0)  # wins
+    p.update(100.0, 0.0, 10.0, bids=100)
+    mu = p.update(100.0, 0.0, 20.0, bids=200)  # nothing spent: behind plan
+    assert p.mode == "plan" and mu > 1.0
+    p.observe(-1.0, 5.0)  # not a value: ignored
+    p.observe(10.0, float("nan"))
+    assert p.observations == 49
+    p.observe(10.0, 5.0)
+    p.update(100.0, 0.0, 30.0, bids=300)
+    # Enough prices, but all from wins: they cannot tell what more money would buy.
+    assert p.mode == "plan" and p.losses == 0
+    for _ in range(13):
+        p.observe(10.0, 30.0, lost=True)
+    p.update(100.0, 0.0, 40.0, bids=400)
+    assert p.mode == "market" and p.losses == 13
+
+
+def test_bidder_feeds_notice_prices_to_the_campaign_pacer():
+    from serving.bidder import Bidder
+
+    b = Bidder.__new__(Bidder)  # only the pacing half of the bidder is exercised
+    from serving.bidding import MarketPacer
+
+    b.pacers, b.pacer_factory = {}, MarketPacer
+    assert b.observe_market("c1", '{"f": {}, "po": 0.01, "v": 12.5}', 8.0)
+    assert not b.observe_market("c1", '{"f": {}, "po": 0.01}', 8.0)  # a bid from before prices were kept
+    assert not b.observe_market("c1", "not json", 8.0)
+    assert not b.observe_market("c1", None, 8.0)
+    assert b.observe_market("c1", '{"v": 12.5}', 20.0, lost=True)
+    assert b.pacer_status("c1") == {"mode": "plan", "market_prices": 2, "from_losses": 1}
+    assert b.pacer_status("unknown") == {"mode": "plan", "market_prices": 0, "from_losses": 0}
