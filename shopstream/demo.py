@@ -114,7 +114,7 @@ def _ads_line(campaigns: dict, exchange) -> str:  # type: ignore[no-untyped-def]
     market = sum(p.get("mode") == "market" for p in pacers)
     return (
         f"  ads: {st.requests:,} bid requests, {st.bids:,} bids, {st.wins:,} won ({win}), "
-        f"{st.clicks:,} clicks, spend {spend:.2f} EUR | online CTR model AUC {auc} | "
+        f"{st.clicks:,} clicks, ledger spend today {spend:.2f} EUR | online CTR model AUC {auc} | "
         f"pacing on market prices: {market}/{len(pacers)} campaigns"
     )
 
