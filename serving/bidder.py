@@ -183,7 +183,9 @@ class Bidder:
         if deadline - t0 <= 0.0005:
             return self._no(req, NBR.INSUFFICIENT_AUCTION_TIME, t0)
         try:
-            return await asyncio.wait_for(self._decide(req, deadline, t0), timeout=deadline - t0)
+            # asyncio.timeout, not wait_for: no task per request (wait_for wraps the coroutine in one)
+            async with asyncio.timeout(deadline - t0):
+                return await self._decide(req, deadline, t0)
         except TimeoutError:
             return self._no(req, NBR.INSUFFICIENT_AUCTION_TIME, t0)
         except Exception as exc:  # Redis down, a bad model: no bid, never an error page or a dead worker
@@ -236,7 +238,8 @@ class Bidder:
         try:
             # At most half of what is left: the reservation and the response need the rest.
             budget = max(min(self.config.redis_timeout_s, (deadline - self.clock()) / 2), 0.0005)
-            return dict(await asyncio.wait_for(self.profiles(user_id), timeout=budget) or {})
+            async with asyncio.timeout(budget):
+                return dict(await self.profiles(user_id) or {})
         except Exception as exc:  # a missing profile must not cost the bid
             log.debug("user profile unavailable: %s", exc)
             return {}
