@@ -129,9 +129,9 @@ class Settings:
     #: ``tmax`` assumed for requests that give none, and the part of it kept for the network, ms.
     bid_default_tmax_ms: int = 100
     bid_safety_ms: float = 5.0
-    #: Longest a bid-request fetch waits on the broker, ms. aiokafka keeps one fetch in flight per
-    #: broker, so a request for a partition just drained waits until that fetch returns: this is
-    #: the topic path's tail latency, traded for idle fetches (1000 / this per second when idle).
+    #: Longest a bid-request fetch waits on the broker while requests flow, ms. aiokafka keeps one
+    #: fetch in flight per broker, so a request for a partition just drained waits until that fetch
+    #: returns: this bounds the topic path's tail latency (idle, the limit is 500 ms).
     bid_fetch_wait_ms: int = 2
     #: First-price auctions: bid this share of the value.
     bid_shade: float = 0.8

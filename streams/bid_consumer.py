@@ -12,9 +12,10 @@ directly:
 
 * every record of a fetch is decided concurrently (so concurrent decisions
   share the budget ledger's round trips);
-* fetches wait at most ``bid_fetch_wait_ms`` (2 ms) on the broker: aiokafka
-  keeps one fetch in flight per broker, so a partition that was just drained
-  is fetched again only when the long poll for the others returns. In quick
+* while requests flow, fetches wait at most ``bid_fetch_wait_ms`` (2 ms) on the
+  broker (500 ms when idle): aiokafka keeps one fetch in flight per broker, so a
+  partition that was just drained is fetched again only when the long poll for
+  the others returns. In quick
   runs of ``benchmarks/bid_latency.py`` at 1,000/s, 1.9% of requests took over
   10 ms from their CreateTime to their response with 20 ms, 0.2% with 2 ms
   (end-to-end p99 13.5 ms and 7.6 ms);
@@ -73,6 +74,11 @@ def request_id(raw: bytes) -> str | None:
     return rid if isinstance(rid, str) and 0 < len(rid) <= 256 else None
 
 
+#: The bid consumer's long-poll limit when no request has arrived for BUSY_FOR_S seconds.
+IDLE_FETCH_WAIT_MS = 500
+BUSY_FOR_S = 1.0
+
+
 class BidRequestConsumer(Service):
     """Consumes bid requests and produces bid responses (see the module docstring)."""
 
@@ -103,10 +109,9 @@ class BidRequestConsumer(Service):
             group_id=f"{s.app_id}-bidder",
             enable_auto_commit=False,
             auto_offset_reset="latest",  # a request older than its tmax is worthless
-            # One fetch is in flight per broker (aiokafka), and a partition whose records were
-            # just handed over is only fetched again when that fetch returns: the long poll's
-            # limit bounds how long a new request can sit on the broker (see the setting).
-            fetch_max_wait_ms=s.bid_fetch_wait_ms,
+            # Idle: a long poll over every partition returns as soon as any request arrives.
+            # While requests flow the limit drops to bid_fetch_wait_ms (see _fetch_wait).
+            fetch_max_wait_ms=IDLE_FETCH_WAIT_MS,
             max_partition_fetch_bytes=MESSAGE_MAX_BYTES,
             session_timeout_ms=int(s.session_timeout_s * 1000),
             heartbeat_interval_ms=int(s.heartbeat_interval_s * 1000),
@@ -146,12 +151,34 @@ class BidRequestConsumer(Service):
         self._seconds.observe(time.time() - received)
         return fut
 
+    def _fetch_wait(self, busy: bool) -> None:
+        """Long-poll for ``bid_fetch_wait_ms`` while requests flow, and IDLE_FETCH_WAIT_MS when not.
+
+        aiokafka keeps one fetch in flight per broker, and a partition whose records
+        were just handed over is fetched again only when that fetch, for the other
+        partitions, returns: while requests flow, its limit is what a new request can
+        wait on the broker. When none flow, every partition is in the fetch and the
+        first request ends it, so a long limit costs nothing, and saves the idle
+        round trips (500 a second at 2 ms, enough CPU to push a worker busy with
+        recommendations past saturation). aiokafka reads the limit from its fetcher
+        each time it builds a request; without that attribute the limit stays as built.
+        """
+        fetcher = getattr(self.consumer, "_fetcher", None)
+        want = self.runtime.settings.bid_fetch_wait_ms if busy else IDLE_FETCH_WAIT_MS
+        if fetcher is not None and getattr(fetcher, "_fetch_max_wait_ms", want) != want:
+            fetcher._fetch_max_wait_ms = want
+
     @Service.task
     async def _consume(self) -> None:
         assert self.consumer is not None
         interval = self.runtime.settings.commit_interval_s
+        last_records = 0.0
         while not self.should_stop:
             batch = await self.consumer.getmany(timeout_ms=100, max_records=256)
+            now = time.monotonic()
+            if batch:
+                last_records = now
+            self._fetch_wait(busy=now - last_records < BUSY_FOR_S)
             if batch:
                 futs = await asyncio.gather(*(self.handle(r) for rs in batch.values() for r in rs))
                 offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}

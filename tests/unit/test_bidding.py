@@ -151,3 +151,24 @@ def test_bidder_feeds_notice_prices_to_the_campaign_pacer():
     assert b.observe_market("c1", '{"v": 12.5}', 20.0, lost=True)
     assert b.pacer_status("c1") == {"mode": "plan", "market_prices": 2, "from_losses": 1}
     assert b.pacer_status("unknown") == {"mode": "plan", "market_prices": 0, "from_losses": 0}
+
+
+def test_bid_consumer_long_polls_briefly_only_while_requests_flow():
+    """aiokafka's fetcher reads its long-poll limit per request; the bid consumer sets it."""
+    from types import SimpleNamespace
+
+    from aiokafka.consumer.fetcher import Fetcher
+
+    from ops.metrics import Metrics
+    from schemas.topics import Topics
+    from shopstream.settings import Settings
+    from streams.bid_consumer import IDLE_FETCH_WAIT_MS, BidRequestConsumer
+
+    assert "_fetch_max_wait_ms" in Fetcher.__init__.__code__.co_names  # the attribute it is built from
+    rt = SimpleNamespace(metrics=Metrics(), topics=Topics(""), settings=Settings(bid_fetch_wait_ms=2))
+    c = BidRequestConsumer(rt, bidder=None)  # type: ignore[arg-type]
+    c.consumer = SimpleNamespace(_fetcher=SimpleNamespace(_fetch_max_wait_ms=IDLE_FETCH_WAIT_MS))  # type: ignore[assignment]
+    c._fetch_wait(busy=True)
+    assert c.consumer._fetcher._fetch_max_wait_ms == 2
+    c._fetch_wait(busy=False)
+    assert c.consumer._fetcher._fetch_max_wait_ms == IDLE_FETCH_WAIT_MS
