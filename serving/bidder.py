@@ -154,8 +154,9 @@ class Bidder:
         """Feed one auction's market price to the campaign's pacer (from a notice).
 
         ``context`` is what the bid stored in the ledger (it holds the bid's unpaced
-        value); ``price_cpm`` the clearing price of a win or the minimum to win of a
-        loss. Returns whether the observation was used.
+        value, except for first-price auctions, whose clearing price is the bid itself);
+        ``price_cpm`` the clearing price of a win or the minimum to win of a loss.
+        Returns whether the observation was used.
         """
         if not context or not campaign:
             return False
@@ -299,7 +300,10 @@ class Bidder:
             if price <= 0 or price < floor:
                 continue
             bid_id = f"{req.id}:{imp.id}"
-            ctx = _ctx_enc.encode({"f": f, "po": po, "pd": pd, "u": user_id or "", "v": value}).decode()
+            # "v", the unpaced value, feeds the pacer with this auction's market price; a
+            # first-price auction's clearing price is its own bid, not the market's: no "v".
+            v = value if at != 1 else 0.0
+            ctx = _ctx_enc.encode({"f": f, "po": po, "pd": pd, "u": user_id or "", "v": v}).decode()
             cand = Candidate(
                 bid_id=bid_id,
                 campaign=c.id,

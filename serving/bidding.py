@@ -24,6 +24,7 @@ True
 from __future__ import annotations
 
 import math
+import random
 from collections import deque
 
 import numpy as np
@@ -264,6 +265,11 @@ class MarketPacer:
       the budget ledger. The day's remaining auctions are extrapolated from the
       bids so far at the day's rate.
 
+    The solver assumes second-price auctions (a win costs the market price), which
+    is why first-price bids send no prices (see :meth:`serving.bidder.Bidder.observe_market`),
+    and it ignores the campaign's bid cap (a capped bid wins less than it predicts;
+    the next solve, from the budget left, makes up for it).
+
     Until ``min_obs`` market prices are known, a quarter of them from losses (a new
     campaign, or an exchange that sends no loss prices: win prices alone show only
     the auctions already won, and would say that bidding more buys nothing), it
@@ -292,9 +298,14 @@ class MarketPacer:
         bounds: tuple[float, float] = (0.05, 10.0),
         resolve_s: float = 5.0,
     ) -> None:
+        if window < 1 or min_obs < 1:
+            raise ValueError("window and min_obs must be at least 1")
         self.plan = DayPacer(bounds=bounds, period_s=period_s, start=start)
         self.resolve_s = resolve_s
         self._solved_at: float | None = None
+        # Pacers of different campaigns re-solve at different ticks (each solve holds the
+        # event loop for ~1 ms): the first solve comes after a random part of resolve_s.
+        self._offset = random.random() * resolve_s
         self.window = window
         self.min_obs = min_obs
         self.bounds = bounds
@@ -335,7 +346,11 @@ class MarketPacer:
         if not known or bids <= 0 or not 0.0 < progress < 1.0:
             self.mu, self.mode = mu_plan, "plan"
             return self.mu
-        if self.mode == "market" and self._solved_at is not None and now - self._solved_at < self.resolve_s:
+        if self._solved_at is None:
+            self._solved_at = now - self.resolve_s + self._offset
+        if now - self._solved_at < self.resolve_s:
+            if self.mode == "plan":
+                self.mu = mu_plan
             self.plan.mu = self.mu
             return self.mu  # a solve costs ~1 ms of the event loop: at most every resolve_s
         self._solved_at = now

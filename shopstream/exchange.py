@@ -143,9 +143,12 @@ class ExchangeSimulator:
                                 price = self.market_price()
                                 if bid.price < price or req is None:
                                     if bid.lurl:
-                                        url = bid.lurl.replace("${AUCTION_LOSS}", "102").replace(
-                                            "${AUCTION_MIN_TO_WIN}", f"{price:.4f}"
-                                        )
+                                        if req is None:  # request not remembered: no auction held
+                                            url = bid.lurl.replace("${AUCTION_LOSS}", "1")
+                                        else:  # lost to a higher bid, which was the market price
+                                            url = bid.lurl.replace("${AUCTION_LOSS}", "102").replace(
+                                                "${AUCTION_MIN_TO_WIN}", f"{price:.4f}"
+                                            )
                                         t = asyncio.create_task(notify(url))
                                         notices.add(t)
                                         t.add_done_callback(notices.discard)

@@ -273,7 +273,7 @@ class Kafka(_Local):
         if not (self.home / "data" / "meta.properties").exists():
             cluster_id = _uuid_b64()
             proc = subprocess.run(
-                self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(cfg)),
+                self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(cfg)),
                 capture_output=True,
                 text=True,
             )
@@ -397,9 +397,20 @@ def _terminate(pid: int, grace: float) -> None:
 
 
 def _uuid_b64() -> str:
+    """A random KRaft cluster id: a UUID in URL-safe base64, never starting with ``-``.
+
+    An id with a leading ``-`` (1 in 64) is read as an option by ``kafka-storage format -t``
+    ("expected one argument"); Kafka's own ``Uuid.randomUuid`` skips those too.
+
+    >>> all(not _uuid_b64().startswith("-") and len(_uuid_b64()) == 22 for _ in range(500))
+    True
+    """
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        out = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not out.startswith("-"):
+            return out
 
 
 def _broker_ready(bootstrap: str) -> bool:

@@ -457,7 +457,7 @@ def _bidding_agents(app: faust.App, runtime: Runtime) -> Bidder:
                 result, campaign = await ledger.settle(bid_id, "bill", ev.price / 1000.0)
                 m.bid_notices.labels(kind="impression", result=result).inc()
                 ctx = await ledger.bid_context(bid_id) if result != "unknown" else None
-                if result.startswith("charged"):  # the first report of this win: its market price
+                if result == "charged":  # the first report of this win: its market price
                     bidder.observe_market(campaign, ctx, ev.price)
                 learn(join.impression(attribution, part, ev.request_id, ev.imp_id, ev.ts, ctx))
             elif isinstance(ev, AdClick):
@@ -917,10 +917,11 @@ def _register_views(app: faust.App, runtime: Runtime) -> None:
                 )
         result, campaign = await bidder.ledger.settle(bid_id, kinds[kind], price / 1000.0)
         runtime.metrics.bid_notices.labels(kind=kind, result=result).inc()
-        # The market price, for the campaign's pacer: a win's clearing price (first report
-        # only), or a loss's ${AUCTION_MIN_TO_WIN} when the exchange fills it in.
-        market = price if result.startswith("charged") else None
-        if kind == "loss" and result == "released":
+        # The market price, for the campaign's pacer: a win's clearing price (its first
+        # report; not a capped or late one), or the ${AUCTION_MIN_TO_WIN} of an auction
+        # lost to a higher bid (loss reason 102), when the exchange fills it in.
+        market = price if result == "charged" else None
+        if kind == "loss" and result == "released" and request.query.get("reason") == "102":
             try:
                 market = float(request.query.get("mtw", ""))
             except ValueError:

@@ -118,7 +118,7 @@ def test_market_pacer_spends_the_day_evenly_and_wins_at_least_the_plan_controlle
 def test_market_pacer_paces_by_plan_until_it_knows_prices():
     from serving.bidding import MarketPacer
 
-    p = MarketPacer(period_s=1000.0, start=0.0, min_obs=50)
+    p = MarketPacer(period_s=1000.0, start=0.0, min_obs=50, resolve_s=0.0)
     for _ in range(49):
         p.observe(10.0, 5.0)  # wins
     p.update(100.0, 0.0, 10.0, bids=100)
@@ -155,6 +155,7 @@ def test_bidder_feeds_notice_prices_to_the_campaign_pacer():
 
 def test_bid_consumer_long_polls_briefly_only_while_requests_flow():
     """aiokafka's fetcher reads its long-poll limit per request; the bid consumer sets it."""
+    import inspect
     from types import SimpleNamespace
 
     from aiokafka.consumer.fetcher import Fetcher
@@ -164,7 +165,9 @@ def test_bid_consumer_long_polls_briefly_only_while_requests_flow():
     from shopstream.settings import Settings
     from streams.bid_consumer import IDLE_FETCH_WAIT_MS, BidRequestConsumer
 
-    assert "_fetch_max_wait_ms" in Fetcher.__init__.__code__.co_names  # the attribute it is built from
+    # The attribute it is built from, and which each fetch request reads again.
+    assert "self._fetch_max_wait_ms = fetch_max_wait_ms" in inspect.getsource(Fetcher.__init__)
+    assert "self._fetch_max_wait_ms," in inspect.getsource(Fetcher._get_actions_per_node)
     rt = SimpleNamespace(metrics=Metrics(), topics=Topics(""), settings=Settings(bid_fetch_wait_ms=2))
     c = BidRequestConsumer(rt, bidder=None)  # type: ignore[arg-type]
     c.consumer = SimpleNamespace(_fetcher=SimpleNamespace(_fetch_max_wait_ms=IDLE_FETCH_WAIT_MS))  # type: ignore[assignment]
