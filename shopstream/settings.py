@@ -131,7 +131,7 @@ class Settings:
     bid_safety_ms: float = 5.0
     #: Longest a bid-request fetch waits on the broker while requests flow, ms. aiokafka keeps one
     #: fetch in flight per broker, so a request for a partition just drained waits until that fetch
-    #: returns: this bounds the topic path's tail latency (idle, the limit is 500 ms).
+    #: returns: this bounds the topic path's tail latency (idle, the limit is 20 ms).
     bid_fetch_wait_ms: int = 2
     #: First-price auctions: bid this share of the value.
     bid_shade: float = 0.8

@@ -13,7 +13,7 @@ directly:
 * every record of a fetch is decided concurrently (so concurrent decisions
   share the budget ledger's round trips);
 * while requests flow, fetches wait at most ``bid_fetch_wait_ms`` (2 ms) on the
-  broker (500 ms when idle): aiokafka keeps one fetch in flight per broker, so a
+  broker (20 ms when idle): aiokafka keeps one fetch in flight per broker, so a
   partition that was just drained is fetched again only when the long poll for
   the others returns. In quick
   runs of ``benchmarks/bid_latency.py`` at 1,000/s, 1.9% of requests took over
@@ -75,7 +75,7 @@ def request_id(raw: bytes) -> str | None:
 
 
 #: The bid consumer's long-poll limit when no request has arrived for BUSY_FOR_S seconds.
-IDLE_FETCH_WAIT_MS = 500
+IDLE_FETCH_WAIT_MS = 20
 BUSY_FOR_S = 1.0
 
 
@@ -158,10 +158,14 @@ class BidRequestConsumer(Service):
         were just handed over is fetched again only when that fetch, for the other
         partitions, returns: while requests flow, its limit is what a new request can
         wait on the broker. When none flow, every partition is in the fetch and the
-        first request ends it, so a long limit costs nothing, and saves the idle
+        first request ends it, so a longer limit costs no latency and saves the idle
         round trips (500 a second at 2 ms, enough CPU to push a worker busy with
-        recommendations past saturation). aiokafka reads the limit from its fetcher
-        each time it builds a request; without that attribute the limit stays as built.
+        recommendations past saturation). Not much longer, though: a partition newly
+        assigned by a rebalance gets its starting offset only after the fetch in
+        flight returns, and requests produced meanwhile are skipped (the offset reset
+        is "latest"); with 500 ms the two-worker integration test lost 56 of 300. aiokafka
+        reads the limit from its fetcher each time it builds a request; without that
+        attribute the limit stays as built.
         """
         fetcher = getattr(self.consumer, "_fetcher", None)
         want = self.runtime.settings.bid_fetch_wait_ms if busy else IDLE_FETCH_WAIT_MS
