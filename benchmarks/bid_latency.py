@@ -35,7 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import REPO_ROOT, parse_args, percentiles, target, write_results
-from benchmarks.stack import echo, echo_process, local_stack, producer_and_tail, run_module
+from benchmarks.stack import (
+    collect_answers,
+    echo,
+    echo_process,
+    finish_load,
+    local_stack,
+    producer_and_tail,
+    run_module,
+)
 from shopstream.procs import WorkerProcess, metric_value
 from shopstream.settings import Settings
 from shopstream.sim import SyntheticShop
@@ -137,18 +145,7 @@ async def _topic_load(
     sent: dict[str, tuple[float, float]] = {}
     got: dict[str, tuple[float, bool]] = {}
     run_id = uuid.uuid4().hex[:6]
-
-    async def collect() -> None:
-        while True:
-            batch = await consumer.getmany(timeout_ms=50)
-            now = time.perf_counter()
-            for msgs in batch.values():
-                for m in msgs:
-                    key = m.key.decode()
-                    if key not in got:
-                        got[key] = (now, b'"seatbid"' in m.value)
-
-    task = asyncio.create_task(collect())
+    task = collect_answers(consumer, got, lambda m, now: (m.key.decode(), (now, b'"seatbid"' in m.value)))
     n_total = int(rate * seconds)
     t_start = time.perf_counter()
     futs = []
@@ -163,12 +160,7 @@ async def _topic_load(
         futs.append(await producer.send(out_topic, value=json.dumps(doc).encode(), key=user.encode()))
     await asyncio.gather(*futs)
     span = time.perf_counter() - t_start
-    end = time.monotonic() + 30
-    while len(got) < len(sent) and time.monotonic() < end:
-        await asyncio.sleep(0.1)
-    task.cancel()
-    await producer.stop()
-    await consumer.stop()
+    await finish_load(got, len(sent), task, producer, consumer)
     lat = [1e3 * (got[r][0] - t) for r, (t, _) in sent.items() if r in got]
     late = sum(1 for r, (t, tmax) in sent.items() if r in got and 1e3 * (got[r][0] - t) > tmax)
     late_bids = sum(

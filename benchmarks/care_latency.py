@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import parse_args, percentiles, target, write_results
-from benchmarks.stack import echo, echo_process, local_stack, producer_and_tail, run_module
+from benchmarks.stack import (
+    collect_answers,
+    echo,
+    echo_process,
+    finish_load,
+    local_stack,
+    producer_and_tail,
+    run_module,
+)
 from shopstream.procs import WorkerProcess
 from shopstream.replay import produce
 from shopstream.sim import OUT_OF_SCOPE_TEXT, SUPPORT_TEXT
@@ -69,18 +77,7 @@ async def _load(
     producer, consumer = await producer_and_tail(bootstrap, in_topic, parts)
     sent: dict[str, float] = {}
     got: dict[str, float] = {}
-
-    async def collect() -> None:
-        while True:
-            batch = await consumer.getmany(timeout_ms=50)
-            now = time.perf_counter()
-            for msgs in batch.values():
-                for m in msgs:
-                    mid = json.loads(m.value).get("message_id")
-                    if mid is not None and mid not in got:
-                        got[mid] = now
-
-    task = asyncio.create_task(collect())
+    task = collect_answers(consumer, got, lambda m, now: (json.loads(m.value).get("message_id"), now))
     t0 = time.perf_counter()
     for n, doc in enumerate(docs):
         delay = t0 + n / rate - time.perf_counter()
@@ -89,12 +86,7 @@ async def _load(
         sent[doc["message_id"]] = time.perf_counter()
         await producer.send(out_topic, value=json.dumps(doc).encode(), key=doc["user_id"].encode())
     span = time.perf_counter() - t0
-    end = time.monotonic() + 30
-    while len(got) < len(sent) and time.monotonic() < end:
-        await asyncio.sleep(0.1)
-    task.cancel()
-    await producer.stop()
-    await consumer.stop()
+    await finish_load(got, len(sent), task, producer, consumer)
     lat = [1e3 * (got[k] - t) for k, t in sent.items() if k in got]
     return {"latencies_ms": lat, "sent": len(sent), "answered": len(lat), "achieved_rate": len(sent) / span}
 

@@ -142,3 +142,36 @@ async def producer_and_tail(bootstrap: str, topic: str, partitions: int) -> tupl
     for tp in tps:
         await consumer.position(tp)
     return producer, consumer
+
+
+def collect_answers(
+    consumer: Any, got: dict[str, Any], answer: Callable[[Any, float], tuple[Any, Any]]
+) -> Any:
+    """Start a task that reads ``consumer`` and records ``got[key] = value`` for each first answer.
+
+    ``answer(message, receive_time)`` gives ``(key, value)``, or ``(None, _)`` for a message to skip.
+    """
+
+    async def run() -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=50)
+            now = time.perf_counter()
+            for msgs in batch.values():
+                for m in msgs:
+                    key, value = answer(m, now)
+                    if key is not None and key not in got:
+                        got[key] = value
+
+    return asyncio.create_task(run())
+
+
+async def finish_load(
+    got: dict[str, Any], expected: int, collector: Any, producer: Any, consumer: Any, wait_s: float = 30.0
+) -> None:
+    """Wait (at most ``wait_s``) until ``expected`` answers are in, then stop the collector and clients."""
+    end = time.monotonic() + wait_s
+    while len(got) < expected and time.monotonic() < end:
+        await asyncio.sleep(0.1)
+    collector.cancel()
+    await producer.stop()
+    await consumer.stop()
