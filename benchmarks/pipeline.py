@@ -211,6 +211,14 @@ class Snapshot:
     redis_count: float
     recs_out: float
     buckets: dict[str, float]
+    #: Seconds spent in garbage collections, and their count, by generation.
+    gc_sum: dict[str, float]
+    gc_count: dict[str, float]
+
+
+#: The garbage collector's generations, as labelled in ``shopstream_gc_pause_seconds``.
+GENS = ("0", "1", "2")
+GC_METRIC = "shopstream_gc_pause_seconds"
 
 
 def snapshot(worker: WorkerProcess, kafka: Kafka, settings: Settings) -> Snapshot:
@@ -233,6 +241,8 @@ def snapshot(worker: WorkerProcess, kafka: Kafka, settings: Settings) -> Snapsho
             text, "shopstream_events_out_total", {"topic": settings.topic_prefix + "shop.recommendations.v1"}
         ),
         buckets=buckets,
+        gc_sum={g: metric_value(text, GC_METRIC + "_sum", {"generation": g}) for g in GENS},
+        gc_count={g: metric_value(text, GC_METRIC + "_count", {"generation": g}) for g in GENS},
     )
 
 
@@ -250,7 +260,7 @@ def _bucket_quantile(before: dict[str, float], after: dict[str, float], q: float
     return float("inf")
 
 
-def profile(a: Snapshot, b: Snapshot, n: int) -> dict[str, float]:
+def profile(a: Snapshot, b: Snapshot, n: int) -> dict[str, Any]:
     """Worker-side cost of the ``n`` events processed between two snapshots."""
     wall = b.t - a.t
     count = b.proc_count - a.proc_count
@@ -273,6 +283,13 @@ def profile(a: Snapshot, b: Snapshot, n: int) -> dict[str, float]:
         if b.redis_count > a.redis_count
         else float("nan"),
         "recs_out": b.recs_out - a.recs_out,
+        "gc_collections": {g: b.gc_count[g] - a.gc_count[g] for g in a.gc_count},
+        "gc_ms": {g: round(1e3 * (b.gc_sum[g] - a.gc_sum[g]), 1) for g in a.gc_sum},
+        "gc_share_of_worker_cpu": round(
+            (sum(b.gc_sum.values()) - sum(a.gc_sum.values())) / (b.worker_cpu - a.worker_cpu), 3
+        )
+        if b.worker_cpu > a.worker_cpu
+        else float("nan"),
     }
 
 

@@ -49,10 +49,6 @@ def _second(kv: tuple[str, float]) -> float:
     return kv[1]
 
 
-def _first_of_value(kv: tuple[str, tuple[float, str]]) -> float:
-    return kv[1][0]
-
-
 @dataclass(frozen=True, slots=True)
 class Scored:
     """A recommended item, its score and the reason code."""
@@ -122,6 +118,7 @@ class CoVisitationRecommender(base.Base):
         self.item_category: dict[str, str] = {}
         self._popular_by_cat: dict[str, list[str]] = {}
         self.new_items: deque[str] = deque(maxlen=popular_size)
+        self._zero: np.ndarray | None = None
 
     # -- learning ---------------------------------------------------------------
     def learn_one(
@@ -189,12 +186,14 @@ class CoVisitationRecommender(base.Base):
         if u is None or not items:
             return [0.0] * len(items)
         lat = mf.i_latents
-        known = [i if i in lat else None for i in items]
-        rows = np.stack([lat[i] if i is not None else np.zeros_like(u) for i in known])
-        dots = rows @ u
+        zero = self._zero
+        if zero is None or zero.shape != u.shape:
+            zero = self._zero = np.zeros_like(u)
+        # ``lat`` is a defaultdict: .get() leaves unknown items out of it.
+        dots = (np.array([lat.get(i, zero) for i in items]) @ u).tolist()
         ib = mf.i_biases
         base_ = mf.global_mean.get() + mf.u_biases.get(user, 0.0)
-        return [float(base_ + ib.get(i, 0.0) + d) for i, d in zip(items, dots.tolist(), strict=True)]
+        return [base_ + ib.get(i, 0.0) + d for i, d in zip(items, dots, strict=True)]
 
     def score_items(self, user: str, recent: Sequence[str], items: Sequence[str]) -> list[float]:
         """Scores of arbitrary ``items`` for ``user``: co-visitation with ``recent`` plus the MF score.
@@ -229,19 +228,37 @@ class CoVisitationRecommender(base.Base):
         self.popular()
         return self._popular_by_cat.get(category, [])
 
-    def covis_candidates(
+    def covis_scores(
         self, recent: Sequence[str], skip: set[str] | frozenset[str] = frozenset()
-    ) -> dict[str, tuple[float, str]]:
-        """Co-visitation candidates of the ``recent`` items: item → (score, the recent item it came from)."""
-        out: dict[str, tuple[float, str]] = {}
+    ) -> tuple[dict[str, float], dict[str, str]]:
+        """Co-visitation candidates of ``recent``: (item → score, item → the recent item it came from).
+
+        A neighbour's share of its item's co-visits counts ``1/(1 + age)`` of the
+        recent item (the latest has age 0); the source is the most recent item
+        that brought the candidate in.
+        """
+        scores: dict[str, float] = {}
+        source: dict[str, str] = {}
+        get = scores.get
         for age, item in enumerate(reversed(recent[-self.window :])):
             recency = 1.0 / (1 + age)
             for other, share in self._neighbours(item):
                 if other in skip:
                     continue
-                prev = out.get(other)
-                out[other] = (recency * share, item) if prev is None else (prev[0] + recency * share, prev[1])
-        return out
+                prev = get(other)
+                if prev is None:
+                    scores[other] = recency * share
+                    source[other] = item
+                else:
+                    scores[other] = prev + recency * share
+        return scores, source
+
+    def covis_candidates(
+        self, recent: Sequence[str], skip: set[str] | frozenset[str] = frozenset()
+    ) -> dict[str, tuple[float, str]]:
+        """Co-visitation candidates of the ``recent`` items: item → (score, the recent item it came from)."""
+        scores, source = self.covis_scores(recent, skip)
+        return {item: (sc, source[item]) for item, sc in scores.items()}
 
     def recommend(
         self, user: str, recent: Sequence[str], k: int = 10, exclude: set[str] | None = None
@@ -250,16 +267,15 @@ class CoVisitationRecommender(base.Base):
         skip = set(recent[-self.window * 2 :])
         if exclude:
             skip |= exclude
-        cands = self.covis_candidates(recent, skip)
+        scores, source = self.covis_scores(recent, skip)
         ranked: list[Scored] = []
-        if cands:
-            top = heapq.nlargest(self.n_candidates, cands.items(), key=_first_of_value)
-            mf_scores = self._mf_scores(user, [item for item, _ in top])
+        if scores:
+            # sorted() is stable, so ties keep their order as heapq.nlargest would, at a fraction of its cost.
+            top = sorted(scores, key=scores.__getitem__, reverse=True)[: self.n_candidates]
             w = self.mf_weight
-            best = heapq.nlargest(
-                k, ((sc + w * m, item) for (item, (sc, _)), m in zip(top, mf_scores, strict=True))
-            )
-            ranked = [Scored(item, score, f"together_with:{cands[item][1]}") for score, item in best]
+            mf = self._mf_scores(user, top)
+            blended = sorted(((scores[i] + w * m, i) for i, m in zip(top, mf, strict=True)), reverse=True)
+            ranked = [Scored(item, score, f"together_with:{source[item]}") for score, item in blended[:k]]
         if len(ranked) < k:
             have = {r.item_id for r in ranked}
             for item in self.popular():

@@ -47,7 +47,7 @@ Examples
 from __future__ import annotations
 
 import asyncio
-import heapq
+import itertools
 import json
 import logging
 import time
@@ -183,15 +183,14 @@ class LoadedModel:
         return [known[b] if i in index else None for i, b in zip(items, best, strict=True)]
 
 
-def _score_of(kv: tuple[str, tuple[float, str]]) -> float:
-    return kv[1][0]
+def _negated_score(row: tuple[float, str, str, str | None]) -> float:
+    return -row[0]
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    item_id: str
-    online: float  # online-model score (co-visitation share; 0 if none)
-    reason: str
+#: Candidates of one request: item id -> (online-model score, reason code), best source first.
+#: The online score is the item's co-visitation share (0 if none). Plain tuples: a request
+#: has ~70 candidates, and building an object for each cost more than ranking them.
+Candidates = dict[str, tuple[float, str]]
 
 
 @dataclass(slots=True)
@@ -208,7 +207,7 @@ class RecRequest:
 @dataclass(slots=True)
 class _Plan:
     req: RecRequest
-    cands: list[Candidate]
+    cands: Candidates
     keys: list[str]
     args: list[str]
 
@@ -216,7 +215,7 @@ class _Plan:
 @dataclass(slots=True)
 class _Parsed:
     req: RecRequest
-    kept: list[tuple[Candidate, str | None]]
+    kept: list[tuple[str, float, str, str | None]]  # (item, online score, reason, category)
     known: list[int]  # indexes into kept of the candidates the model can score
     mat: np.ndarray  # their vectors, [len(known), dim]
     user_vec: np.ndarray | None
@@ -264,6 +263,7 @@ class Recommender:
         self._fetch = self.client.register_script(_FETCH_LUA)
         self._down_until = 0.0
         self.round_trips = 0
+        self._category_names: dict[bytes, str] = {}
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -271,38 +271,39 @@ class Recommender:
     # -- candidates ---------------------------------------------------------------
     def candidates(
         self, user_id: str, recent: Sequence[str], skip: set[str], model: LoadedModel | None
-    ) -> list[Candidate]:
+    ) -> Candidates:
         """Candidate items with their online score and reason, best source first (see module docstring)."""
         online = self.online
-        out: dict[str, Candidate] = {}
-        covis = online.covis_candidates(recent, skip)
+        scores, source = online.covis_scores(recent, skip)
+        covis = list(scores)
         if len(covis) > self.n_covis:
-            covis = dict(heapq.nlargest(self.n_covis, covis.items(), key=_score_of))
-        for item, (share, source) in covis.items():
-            out[item] = Candidate(item, share, f"together_with:{source}")
+            # Best first, ties in their original order (as heapq.nlargest would).
+            covis = sorted(covis, key=scores.__getitem__, reverse=True)[: self.n_covis]
+        out: Candidates = {item: (scores[item], f"together_with:{source[item]}") for item in covis}
         query = model.query(user_id, recent) if model is not None else None
         if model is not None and query is not None:
             near = model.neighbours(query, self.n_neighbours, skip | out.keys())
             for item, src in zip(near, model.most_similar(near, recent[-5:]), strict=True):
-                out[item] = Candidate(item, 0.0, f"similar_to:{src}" if src else "for_you")
+                out[item] = (0.0, f"similar_to:{src}" if src else "for_you")
         if recent:
             cat = online.item_category.get(recent[-1])
             if cat is not None:
+                reason = f"popular_in:{cat}"
                 for item in online.popular_in(cat)[: self.k]:
                     if item not in skip and item not in out:
-                        out[item] = Candidate(item, 0.0, f"popular_in:{cat}")
-        for item in list(online.new_items)[-self.k :]:
+                        out[item] = (0.0, reason)
+        new_items = online.new_items
+        for item in itertools.islice(new_items, max(0, len(new_items) - self.k), None):
             if item not in skip and item not in out:
-                out[item] = Candidate(item, 0.0, "new_item")
+                out[item] = (0.0, "new_item")
+        full = self.k + self.n_neighbours + self.n_covis // 2
         popular = online.popular()
-        if model is not None:
-            popular = [*popular, *model.popular]
-        for item in popular:
-            if len(out) >= self.k + self.n_neighbours + self.n_covis // 2:
+        for item in itertools.chain(popular, model.popular) if model is not None else popular:
+            if len(out) >= full:
                 break
             if item not in skip and item not in out:
-                out[item] = Candidate(item, 0.0, "popular")
-        return list(out.values())
+                out[item] = (0.0, "popular")
+        return out
 
     # -- serving ------------------------------------------------------------------
     async def recommend(
@@ -360,7 +361,7 @@ class Recommender:
         cands = self.candidates(req.user_id, req.recent, skip, model)
         p = self.prefix
         keys = [f"{p}vec:{model.tag}:u:{req.user_id}", f"{p}user:{req.user_id}"]
-        args = [f"{p}vec:{model.tag}:i:", f"{p}item:", "\n".join(c.item_id for c in cands)]
+        args = [f"{p}vec:{model.tag}:i:", f"{p}item:", "\n".join(cands)]
         return _Plan(req, cands, keys, args)
 
     async def _fetch_all(self, plans: list[_Plan], model: LoadedModel) -> list[list[Any]]:
@@ -387,44 +388,52 @@ class Recommender:
             user_vec: np.ndarray | None = np.frombuffer(user_raw, dtype=np.float32)
         else:
             user_vec = model.fold_in(plan.req.recent)
-        kept: list[tuple[Candidate, str | None]] = []
+        kept: list[tuple[str, float, str, str | None]] = []
         vecs: list[bytes] = []
         known: list[int] = []
         size = 4 * model.dim
         cats = self.online.item_category
-        for j, c in enumerate(plan.cands):
-            vec, cat, oos = raw[2 + 3 * j], raw[3 + 3 * j], raw[4 + 3 * j]
-            if c.item_id in bought or oos == b"1":
+        names = self._category_names
+        # raw[2:] holds (vector, category, out-of-stock flag) per candidate, in candidate order.
+        rows = zip(plan.cands.items(), raw[2::3], raw[3::3], raw[4::3], strict=True)
+        for (item, (online, reason)), vec, cat, oos in rows:
+            if oos == b"1" or item in bought:
                 continue
             if vec and len(vec) == size:
                 known.append(len(kept))
                 vecs.append(vec)
-            kept.append((c, cat.decode() if cat else cats.get(c.item_id)))
+            if cat:
+                name = names.get(cat)
+                if name is None:
+                    name = names[cat] = cat.decode()
+                    if len(names) > 100_000:  # categories are few; never let odd data grow this
+                        names.clear()
+            else:
+                name = cats.get(item)
+            kept.append((item, online, reason, name))
         mat = np.frombuffer(b"".join(vecs), dtype=np.float32).reshape(len(vecs), model.dim)
         return _Parsed(plan.req, kept, known, mat, user_vec)
 
     def _rank(self, p: _Parsed, model: LoadedModel) -> Recommendation:
-        scores = np.zeros(len(p.kept), dtype=np.float32)
-        floor = 0.0
-        if p.probs is not None and len(p.probs):
-            scores[p.known] = p.probs
-            floor = float(p.probs.min())
-        known_set = set(p.known) if p.probs is not None else set()
+        # The model's probability by index into p.kept; items it cannot score rank below
+        # those it can, by their online score.
+        probs = p.probs.tolist() if p.probs is not None else []
+        by_row = dict(zip(p.known, probs, strict=True)) if probs else {}
+        floor = min(probs) if probs else 0.0
         boosts = self.boosts
+        w = self.online_weight
         ranked: list[tuple[float, str, str, str | None]] = []
-        for j, (c, cat) in enumerate(p.kept):
-            # Items the model cannot score rank below those it can, by their online score.
-            s = float(scores[j]) if j in known_set else floor * min(c.online, 1.0) * 0.99
-            s += self.online_weight * c.online
-            if boosts:
-                s *= boosts.get(("item", c.item_id), 1.0) * (
-                    boosts.get(("category", cat), 1.0) if cat else 1.0
-                )
-            reason = c.reason
-            if reason == "popular" and j in known_set:
+        for j, (item, online, reason, cat) in enumerate(p.kept):
+            s = by_row.get(j)
+            if s is None:
+                s = floor * min(online, 1.0) * 0.99
+            elif reason == "popular":
                 reason = "for_you"
-            ranked.append((s, c.item_id, reason, cat))
-        ranked.sort(key=lambda r: -r[0])
+            s += w * online
+            if boosts:
+                s *= boosts.get(("item", item), 1.0) * (boosts.get(("category", cat), 1.0) if cat else 1.0)
+            ranked.append((s, item, reason, cat))
+        ranked.sort(key=_negated_score)
         req = p.req
         top = _diversify(ranked, req.k or self.k, self.max_per_category)
         items = [RecItem(item_id=i, score=round(s, 6), reason=r) for s, i, r, _ in top]
