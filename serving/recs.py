@@ -471,12 +471,20 @@ def _diversify(
 class MicroBatcher:
     """Computes recommendation requests in small batches: one Redis round trip and one model call each.
 
-    ``add`` queues a request with an opaque ``token``; a batch is computed when
-    it holds ``max_batch`` requests (the caller then awaits :meth:`flush`) or
-    when the oldest request has waited ``max_wait_s`` (:meth:`run`'s timer).
-    ``deliver(recommendation, token)`` is awaited for each result, in order;
-    the stream acknowledges the event there, after its output is handed to
-    the producer, so batching never commits an offset whose output is not out.
+    ``add`` queues a request with an opaque ``token``; a batch starts when it
+    holds ``max_batch`` requests (the caller then awaits :meth:`flush`) or when
+    the oldest request has waited ``max_wait_s`` (:meth:`run`'s timer).
+
+    Batches are pipelined: :meth:`flush` starts one and returns, so the stream
+    goes on decoding and learning from the next events while Redis answers,
+    instead of idling through the round trip; it waits only while
+    ``max_in_flight`` batches are already running (back-pressure). Delivery
+    stays in order: ``deliver(recommendation, token)`` is awaited for each
+    result, batch after batch in the order they started, so a user's newer list
+    never lands before an older one. The stream acknowledges an event in
+    ``deliver``, after its output is handed to the producer, so batching never
+    commits an offset whose output is not out. :meth:`drain` waits for every
+    started batch.
     """
 
     def __init__(
@@ -485,14 +493,17 @@ class MicroBatcher:
         deliver: Callable[[Recommendation, Any], Awaitable[None]],
         max_batch: int = 64,
         max_wait_s: float = 0.002,
+        max_in_flight: int = 4,
     ) -> None:
         self.recommender = recommender
         self.deliver = deliver
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.max_in_flight = max_in_flight
         self.pending: list[tuple[RecRequest, Any]] = []
-        self._lock = asyncio.Lock()
         self.batches = 0
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._last: asyncio.Task[None] | None = None
 
     def add(self, req: RecRequest, token: Any) -> None:
         self.pending.append((req, token))
@@ -501,22 +512,45 @@ class MicroBatcher:
     def full(self) -> bool:
         return len(self.pending) >= self.max_batch
 
+    @property
+    def in_flight(self) -> int:
+        """Batches started and not yet delivered."""
+        return len(self._in_flight)
+
     async def flush(self) -> int:
-        """Compute and deliver everything queued; returns how many."""
-        async with self._lock:
-            batch, self.pending = self.pending, []
-            if not batch:
-                return 0
-            reqs = [req for req, _ in batch]
-            try:
-                recs = await self.recommender.recommend_many(reqs)
-            except Exception as exc:  # never strand a batch: its events stay unacked until delivered
-                log.error("batch of %d lists failed (%r); serving them from the online model", len(reqs), exc)
-                recs = [self.recommender._online_only(r) for r in reqs]
-            self.batches += 1
+        """Start a batch of everything queued; returns how many requests it holds."""
+        while len(self._in_flight) >= self.max_in_flight:
+            await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+        batch, self.pending = self.pending, []
+        if not batch:
+            return 0
+        task = asyncio.get_running_loop().create_task(self._run(batch, self._last))
+        self._last = task
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        return len(batch)
+
+    async def drain(self) -> None:
+        """Wait until every started batch is delivered."""
+        while self._in_flight:
+            await asyncio.wait(set(self._in_flight))
+
+    async def _run(self, batch: list[tuple[RecRequest, Any]], previous: asyncio.Task[None] | None) -> None:
+        reqs = [req for req, _ in batch]
+        try:
+            recs = await self.recommender.recommend_many(reqs)
+        except Exception as exc:  # never strand a batch: its events stay unacked until delivered
+            log.error("batch of %d lists failed (%r); serving them from the online model", len(reqs), exc)
+            recs = [self.recommender._online_only(r) for r in reqs]
+        self.batches += 1
+        if previous is not None and not previous.done():
+            await asyncio.wait({previous})  # in order; a failed predecessor has logged its error
+        try:
             for rec, (_, token) in zip(recs, batch, strict=True):
                 await self.deliver(rec, token)
-            return len(batch)
+        except Exception:
+            log.exception("delivering a batch of %d lists failed", len(recs))
+            raise
 
     async def run(self, should_stop: Callable[[], bool]) -> None:
         """Flush whatever waits, every ``max_wait_s``, until ``should_stop()``."""

@@ -96,10 +96,14 @@ class Settings:
     recs_max_per_category: int = 3
     #: Redis timeout of the recommendation read, seconds; slower answers fall back to the online model.
     recs_redis_timeout_s: float = 0.05
-    #: Topic path: lists are computed in micro-batches of at most this many events...
-    recs_batch_max: int = 32
+    #: Topic path: lists are computed in micro-batches of at most this many events
+    #: (benchmarks/recs_latency.py at 1,000 events/s: 32 gave p50 19 ms, 16 and 8 gave 15-16 ms,
+    #: 4 could not keep up: each batch has a fixed cost)...
+    recs_batch_max: int = 16
     #: ... or after the oldest has waited this long, seconds.
     recs_batch_wait_s: float = 0.002
+    #: Batches computed at once: the stream learns from the next events while Redis answers.
+    recs_batches_in_flight: int = 4
     #: Run the consumer-lag monitor (and the dashboard's time series) in this worker.
     lag_monitor: bool = True
     #: Consumer groups to watch besides the app's own (comma-separated).

@@ -200,6 +200,7 @@ class ModelWatcherService(Service):
 
     async def on_stop(self) -> None:
         await self.runtime.batcher.flush()
+        await self.runtime.batcher.drain()
         await self.runtime.recommender.close()
 
 
@@ -576,6 +577,7 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
             lambda rec, token: deliver_rec(rec, token),
             max_batch=settings.recs_batch_max,
             max_wait_s=settings.recs_batch_wait_s,
+            max_in_flight=settings.recs_batches_in_flight,
         ),
         model_watcher=ModelWatcher(
             recommender, ModelRegistry(settings.model_dir), settings.recs_model, metrics=metrics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime as ort
@@ -195,7 +196,49 @@ def test_micro_batcher_delivers_every_request_even_when_scoring_fails():
             b.add(RecRequest(f"u{n}", ["a"], event_id=f"e{n}"), f"t{n}")
         assert b.full
         assert await b.flush() == 5
+        await b.drain()
         await rec.close()
 
     asyncio.run(run())
     assert delivered == [(f"u{n}", f"t{n}") for n in range(5)]
+
+
+def test_micro_batcher_pipelines_batches_but_delivers_them_in_order():
+    """A later batch that computes faster still waits for the earlier one; in-flight batches are bounded."""
+    import asyncio
+
+    from serving.recs import MicroBatcher, RecRequest
+
+    class SlowFirst:
+        def __init__(self) -> None:
+            self.running = 0
+            self.most = 0
+
+        async def recommend_many(self, reqs):
+            self.running += 1
+            self.most = max(self.most, self.running)
+            # The first batch takes longest: without ordering its lists would be delivered last.
+            await asyncio.sleep(0.05 if reqs[0].event_id == "e0" else 0.001)
+            self.running -= 1
+            return [SimpleNamespace(user_id=r.user_id, event_id=r.event_id) for r in reqs]
+
+    delivered: list[str] = []
+
+    async def deliver(r, token):
+        delivered.append(r.event_id)
+
+    scorer = SlowFirst()
+
+    async def run():
+        b = MicroBatcher(scorer, deliver, max_batch=2, max_in_flight=3)  # type: ignore[arg-type]
+        for n in range(12):
+            b.add(RecRequest("u1", ["a"], event_id=f"e{n}"), None)
+            if b.full:
+                assert await b.flush() == 2
+                assert b.in_flight <= 3
+        await b.drain()
+        assert b.in_flight == 0
+
+    asyncio.run(run())
+    assert delivered == [f"e{n}" for n in range(12)]
+    assert scorer.most == 3  # batches overlapped, up to the bound
