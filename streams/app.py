@@ -69,6 +69,7 @@ from streams.archive import LakeArchiver
 from streams.bid_consumer import BidRequestConsumer, request_id
 from streams.care_crm import care_crm_agents
 from streams.dlq import DeadLetterSink, Publish
+from streams.partitioning import MemoPartitioner
 
 
 @dataclass
@@ -523,6 +524,7 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         broker_commit_interval=settings.commit_interval_s,
         producer_linger=settings.producer_linger_s,
         producer_max_request_size=MESSAGE_MAX_BYTES,
+        producer_partitioner=MemoPartitioner(),
         consumer_max_fetch_size=MESSAGE_MAX_BYTES,
         key_serializer="raw",
         value_serializer="json",
@@ -619,11 +621,16 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         rec = await recommender.recommend(user, recent, event_id=event_id, source_ts=source_ts)
         await deliver_rec(rec, None)
 
+    served_by: dict[str, Any] = {}  # model name -> its labelled counter (labels() per message costs)
+
     async def deliver_rec(rec: Any, token: Any) -> None:
         runtime.quality.shown(rec.user_id, (i.item_id for i in rec.items))
         await runtime.publish(recs_name, rec.user_id.encode(), encode(rec), None)
         out_recs.inc()
-        metrics.recs_served.labels(path="topic", source=rec.model).inc()
+        served = served_by.get(rec.model)
+        if served is None:
+            served = served_by[rec.model] = metrics.recs_served.labels(path="topic", source=rec.model)
+        served.inc()
         if token is not None:
             stream, event = token
             await stream.ack(event)
