@@ -31,7 +31,7 @@ from aiokafka.partitioner import murmur2
 class MemoPartitioner:
     """``DefaultPartitioner`` with a bounded memo of key hashes (cleared when it fills)."""
 
-    def __init__(self, max_keys: int = 1 << 18) -> None:
+    def __init__(self, max_keys: int = 1 << 16) -> None:
         self.max_keys = max_keys
         self._hashes: dict[bytes, int] = {}
 

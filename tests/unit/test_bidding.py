@@ -175,3 +175,62 @@ def test_bid_consumer_long_polls_briefly_only_while_requests_flow():
     assert c.consumer._fetcher._fetch_max_wait_ms == 2
     c._fetch_wait(busy=False)
     assert c.consumer._fetcher._fetch_max_wait_ms == IDLE_FETCH_WAIT_MS
+
+
+def test_bid_consumer_decides_the_next_fetch_while_one_waits_and_commits_in_fetch_order():
+    """A stalled batch does not hold up the next fetch's requests, and a commit waits for it."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+
+    from ops.metrics import Metrics
+    from schemas.topics import Topics
+    from shopstream.settings import Settings
+    from streams.bid_consumer import BidRequestConsumer
+
+    tp = TopicPartition("bids", 0)
+    events: list[str] = []
+    committed: list[dict] = []
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        release = asyncio.Event()
+        fetches = [{tp: [SimpleNamespace(offset=0)]}, {tp: [SimpleNamespace(offset=1)]}]
+
+        class Consumer:
+            async def getmany(self, timeout_ms: int, max_records: int) -> dict:
+                await asyncio.sleep(0.001)
+                return fetches.pop(0) if fetches else {}
+
+            async def commit(self, offsets: dict) -> None:
+                committed.append({t: o.offset for t, o in offsets.items()})
+
+        async def handle(record: SimpleNamespace) -> asyncio.Future:
+            events.append(f"start {record.offset}")
+            if record.offset == 0:
+                await release.wait()  # the first request's round trip stalls
+            events.append(f"done {record.offset}")
+            fut = loop.create_future()
+            fut.set_result(None)
+            return fut
+
+        rt = SimpleNamespace(metrics=Metrics(), topics=Topics(""), settings=Settings(commit_interval_s=60))
+        c = BidRequestConsumer(rt, bidder=None)  # type: ignore[arg-type]
+        c.consumer = Consumer()  # type: ignore[assignment]
+        c.handle = handle  # type: ignore[method-assign]
+        consume = asyncio.ensure_future(c._consume(c))  # a mode ServiceTask: call it with its service
+        for _ in range(100):
+            await asyncio.sleep(0.002)
+            if "done 1" in events:
+                break
+        assert events == ["start 0", "start 1", "done 1"]  # the second did not wait for the first
+        commit = asyncio.ensure_future(c.commit())
+        await asyncio.sleep(0.01)
+        assert not commit.done() and committed == []  # offset 2 must wait for request 0's answer
+        release.set()
+        await commit
+        assert committed == [{tp: 2}]
+        consume.cancel()
+
+    asyncio.run(run())
