@@ -193,7 +193,7 @@ class CoVisitationRecommender(base.Base):
         dots = (np.array([lat.get(i, zero) for i in items]) @ u).tolist()
         ib = mf.i_biases
         base_ = mf.global_mean.get() + mf.u_biases.get(user, 0.0)
-        return [base_ + ib.get(i, 0.0) + d for i, d in zip(items, dots, strict=True)]
+        return [float(base_ + ib.get(i, 0.0) + d) for i, d in zip(items, dots, strict=True)]
 
     def score_items(self, user: str, recent: Sequence[str], items: Sequence[str]) -> list[float]:
         """Scores of arbitrary ``items`` for ``user``: co-visitation with ``recent`` plus the MF score.

@@ -395,6 +395,10 @@ class Recommender:
         cats = self.online.item_category
         names = self._category_names
         # raw[2:] holds (vector, category, out-of-stock flag) per candidate, in candidate order.
+        if len(raw) != 2 + 3 * len(plan.cands):
+            # An item id holding a newline was split by the script: no features for this list
+            # (its candidates rank by their online score), rather than misread ones.
+            raw = [*raw[:2], *([None] * (3 * len(plan.cands)))]
         rows = zip(plan.cands.items(), raw[2::3], raw[3::3], raw[4::3], strict=True)
         for (item, (online, reason)), vec, cat, oos in rows:
             if oos == b"1" or item in bought:
@@ -471,20 +475,12 @@ def _diversify(
 class MicroBatcher:
     """Computes recommendation requests in small batches: one Redis round trip and one model call each.
 
-    ``add`` queues a request with an opaque ``token``; a batch starts when it
-    holds ``max_batch`` requests (the caller then awaits :meth:`flush`) or when
-    the oldest request has waited ``max_wait_s`` (:meth:`run`'s timer).
-
-    Batches are pipelined: :meth:`flush` starts one and returns, so the stream
-    goes on decoding and learning from the next events while Redis answers,
-    instead of idling through the round trip; it waits only while
-    ``max_in_flight`` batches are already running (back-pressure). Delivery
-    stays in order: ``deliver(recommendation, token)`` is awaited for each
-    result, batch after batch in the order they started, so a user's newer list
-    never lands before an older one. The stream acknowledges an event in
-    ``deliver``, after its output is handed to the producer, so batching never
-    commits an offset whose output is not out. :meth:`drain` waits for every
-    started batch.
+    ``add`` queues a request with an opaque ``token``; a batch is computed when
+    it holds ``max_batch`` requests (the caller then awaits :meth:`flush`) or
+    when the oldest request has waited ``max_wait_s`` (:meth:`run`'s timer).
+    ``deliver(recommendation, token)`` is awaited for each result, in order;
+    the stream acknowledges the event there, after its output is handed to
+    the producer, so batching never commits an offset whose output is not out.
     """
 
     def __init__(
@@ -493,17 +489,14 @@ class MicroBatcher:
         deliver: Callable[[Recommendation, Any], Awaitable[None]],
         max_batch: int = 64,
         max_wait_s: float = 0.002,
-        max_in_flight: int = 4,
     ) -> None:
         self.recommender = recommender
         self.deliver = deliver
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
-        self.max_in_flight = max_in_flight
         self.pending: list[tuple[RecRequest, Any]] = []
+        self._lock = asyncio.Lock()
         self.batches = 0
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._last: asyncio.Task[None] | None = None
 
     def add(self, req: RecRequest, token: Any) -> None:
         self.pending.append((req, token))
@@ -512,45 +505,22 @@ class MicroBatcher:
     def full(self) -> bool:
         return len(self.pending) >= self.max_batch
 
-    @property
-    def in_flight(self) -> int:
-        """Batches started and not yet delivered."""
-        return len(self._in_flight)
-
     async def flush(self) -> int:
-        """Start a batch of everything queued; returns how many requests it holds."""
-        while len(self._in_flight) >= self.max_in_flight:
-            await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
-        batch, self.pending = self.pending, []
-        if not batch:
-            return 0
-        task = asyncio.get_running_loop().create_task(self._run(batch, self._last))
-        self._last = task
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
-        return len(batch)
-
-    async def drain(self) -> None:
-        """Wait until every started batch is delivered."""
-        while self._in_flight:
-            await asyncio.wait(set(self._in_flight))
-
-    async def _run(self, batch: list[tuple[RecRequest, Any]], previous: asyncio.Task[None] | None) -> None:
-        reqs = [req for req, _ in batch]
-        try:
-            recs = await self.recommender.recommend_many(reqs)
-        except Exception as exc:  # never strand a batch: its events stay unacked until delivered
-            log.error("batch of %d lists failed (%r); serving them from the online model", len(reqs), exc)
-            recs = [self.recommender._online_only(r) for r in reqs]
-        self.batches += 1
-        if previous is not None and not previous.done():
-            await asyncio.wait({previous})  # in order; a failed predecessor has logged its error
-        try:
+        """Compute and deliver everything queued; returns how many."""
+        async with self._lock:
+            batch, self.pending = self.pending, []
+            if not batch:
+                return 0
+            reqs = [req for req, _ in batch]
+            try:
+                recs = await self.recommender.recommend_many(reqs)
+            except Exception as exc:  # never strand a batch: its events stay unacked until delivered
+                log.error("batch of %d lists failed (%r); serving them from the online model", len(reqs), exc)
+                recs = [self.recommender._online_only(r) for r in reqs]
+            self.batches += 1
             for rec, (_, token) in zip(recs, batch, strict=True):
                 await self.deliver(rec, token)
-        except Exception:
-            log.exception("delivering a batch of %d lists failed", len(recs))
-            raise
+            return len(batch)
 
     async def run(self, should_stop: Callable[[], bool]) -> None:
         """Flush whatever waits, every ``max_wait_s``, until ``should_stop()``."""

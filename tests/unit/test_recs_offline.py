@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime as ort
@@ -196,49 +195,29 @@ def test_micro_batcher_delivers_every_request_even_when_scoring_fails():
             b.add(RecRequest(f"u{n}", ["a"], event_id=f"e{n}"), f"t{n}")
         assert b.full
         assert await b.flush() == 5
-        await b.drain()
         await rec.close()
 
     asyncio.run(run())
     assert delivered == [(f"u{n}", f"t{n}") for n in range(5)]
 
 
-def test_micro_batcher_pipelines_batches_but_delivers_them_in_order():
-    """A later batch that computes faster still waits for the earlier one; in-flight batches are bounded."""
-    import asyncio
+def test_a_reply_that_does_not_match_the_candidates_gives_no_features_rather_than_misread_ones():
+    """The fetch script splits ids on newlines: an id holding one shifts the reply; that list ranks online."""
+    from types import SimpleNamespace
 
-    from serving.recs import MicroBatcher, RecRequest
+    import numpy as np
 
-    class SlowFirst:
-        def __init__(self) -> None:
-            self.running = 0
-            self.most = 0
+    from online_models.recommender import CoVisitationRecommender
+    from serving.recs import Recommender, RecRequest, _Plan
 
-        async def recommend_many(self, reqs):
-            self.running += 1
-            self.most = max(self.most, self.running)
-            # The first batch takes longest: without ordering its lists would be delivered last.
-            await asyncio.sleep(0.05 if reqs[0].event_id == "e0" else 0.001)
-            self.running -= 1
-            return [SimpleNamespace(user_id=r.user_id, event_id=r.event_id) for r in reqs]
-
-    delivered: list[str] = []
-
-    async def deliver(r, token):
-        delivered.append(r.event_id)
-
-    scorer = SlowFirst()
-
-    async def run():
-        b = MicroBatcher(scorer, deliver, max_batch=2, max_in_flight=3)  # type: ignore[arg-type]
-        for n in range(12):
-            b.add(RecRequest("u1", ["a"], event_id=f"e{n}"), None)
-            if b.full:
-                assert await b.flush() == 2
-                assert b.in_flight <= 3
-        await b.drain()
-        assert b.in_flight == 0
-
-    asyncio.run(run())
-    assert delivered == [f"e{n}" for n in range(12)]
-    assert scorer.most == 3  # batches overlapped, up to the bound
+    rec = Recommender(CoVisitationRecommender(seed=0), "redis://127.0.0.1:1/0")
+    model = SimpleNamespace(dim=2, fold_in=lambda recent: None)
+    vec = np.array([1.0, 2.0], dtype=np.float32).tobytes()
+    cands = {"a": (0.5, "together_with:x"), "b\nc": (0.0, "popular")}
+    plan = _Plan(RecRequest("u1", ["x"]), cands, [], [])
+    shifted = [vec, b"", vec, b"Books", b"0", vec, b"Toys", b"0", vec, b"Toys", b"0"]  # 3 triples for 2 ids
+    p = rec._parse(plan, shifted, model)  # type: ignore[arg-type]
+    assert p.known == [] and [k[0] for k in p.kept] == ["a", "b\nc"]
+    exact = [vec, b"", vec, b"Books", b"0", vec, b"Toys", b"1"]  # b is out of stock
+    p = rec._parse(plan, exact, model)  # type: ignore[arg-type]
+    assert p.known == [0] and [k[0] for k in p.kept] == ["a"] and p.kept[0][3] == "Books"
