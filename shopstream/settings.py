@@ -98,12 +98,10 @@ class Settings:
     recs_redis_timeout_s: float = 0.05
     #: Topic path: lists are computed in micro-batches of at most this many events
     #: (benchmarks/recs_latency.py at 1,000 events/s: 32 gave p50 19 ms, 16 and 8 gave 15-16 ms,
-    #: 4 could not keep up: each batch has a fixed cost)...
+    #: 4 could not keep up: each batch has a fixed cost, and the agent waits for its Redis round trip)...
     recs_batch_max: int = 16
     #: ... or after the oldest has waited this long, seconds.
     recs_batch_wait_s: float = 0.002
-    #: Batches computed at once: the stream learns from the next events while Redis answers.
-    recs_batches_in_flight: int = 4
     #: Run the consumer-lag monitor (and the dashboard's time series) in this worker.
     lag_monitor: bool = True
     #: Consumer groups to watch besides the app's own (comma-separated).
@@ -137,6 +135,9 @@ class Settings:
     #: fetch in flight per broker, so a request for a partition just drained waits until that fetch
     #: returns: this bounds the topic path's tail latency (idle, the limit is 20 ms).
     bid_fetch_wait_ms: int = 2
+    #: The same limit for the Faust agents' consumer while records flow, ms (faust-streaming's
+    #: 1.5 s when idle). Without it a worker could answer every click ~1.5 s late: streams/fetchwait.py.
+    stream_fetch_wait_ms: int = 50
     #: First-price auctions: bid this share of the value.
     bid_shade: float = 0.8
     #: Pacing: the daily budget is spread evenly over this many seconds from the start of the UTC day.

@@ -47,6 +47,7 @@ from mode import Service
 from schemas.errors import SchemaError
 from schemas.openrtb import BID_REQUEST_CODEC, BID_RESPONSE_CODEC, NBR, no_bid
 from shopstream.services import MESSAGE_MAX_BYTES
+from streams.fetchwait import set_fetch_wait
 
 if TYPE_CHECKING:
     from serving.bidder import Bidder
@@ -160,23 +161,16 @@ class BidRequestConsumer(Service):
     def _fetch_wait(self, busy: bool) -> None:
         """Long-poll for ``bid_fetch_wait_ms`` while requests flow, and IDLE_FETCH_WAIT_MS when not.
 
-        aiokafka keeps one fetch in flight per broker, and a partition whose records
-        were just handed over is fetched again only when that fetch, for the other
-        partitions, returns: while requests flow, its limit is what a new request can
-        wait on the broker. When none flow, every partition is in the fetch and the
-        first request ends it, so a longer limit costs no latency and saves the idle
-        round trips (500 a second at 2 ms, enough CPU to push a worker busy with
-        recommendations past saturation). Not much longer, though: a partition newly
-        assigned by a rebalance gets its starting offset only after the fetch in
-        flight returns, and requests produced meanwhile are skipped (the offset reset
-        is "latest"); with 500 ms the two-worker integration test lost 56 of 300. aiokafka
-        reads the limit from its fetcher each time it builds a request; without that
-        attribute the limit stays as built.
+        See :mod:`streams.fetchwait`: while requests flow, the limit is what a new
+        request can wait on the broker behind a fetch for the other partitions.
+        Idle, a longer limit saves the empty round trips (500 a second at 2 ms, enough
+        CPU to push a worker busy with recommendations past saturation). Not much
+        longer, though: a partition newly assigned by a rebalance gets its starting
+        offset only after the fetch in flight returns, and requests produced meanwhile
+        are skipped (the offset reset is "latest"); with 500 ms the two-worker
+        integration test lost 56 of 300.
         """
-        fetcher = getattr(self.consumer, "_fetcher", None)
-        want = self.runtime.settings.bid_fetch_wait_ms if busy else IDLE_FETCH_WAIT_MS
-        if fetcher is not None and getattr(fetcher, "_fetch_max_wait_ms", want) != want:
-            fetcher._fetch_max_wait_ms = want
+        set_fetch_wait(self.consumer, self.runtime.settings.bid_fetch_wait_ms if busy else IDLE_FETCH_WAIT_MS)
 
     @Service.task
     async def _consume(self) -> None:
@@ -210,7 +204,8 @@ class BidRequestConsumer(Service):
         futs = await asyncio.gather(*(self.handle(r) for r in records), return_exceptions=True)
         failed = [f for f in futs if isinstance(f, BaseException)]
         if failed:  # handle() answers bad input itself: this is a bug or a dead producer
-            self.log.error("%d bid requests failed: %r", len(failed), failed[0])
+            self.runtime.metrics.bids.labels(path="topic", outcome="error").inc(len(failed))
+            self.log.error("%d bid requests failed, unanswered: %r", len(failed), failed[0])
         return [f for f in futs if isinstance(f, asyncio.Future)]
 
     async def commit(self) -> None:
@@ -222,7 +217,13 @@ class BidRequestConsumer(Service):
         async with self._commit_lock:
             pending, self._pending = self._pending, []
             for offsets, deciding in pending:
-                futs = await deciding
+                await asyncio.wait({deciding})  # returns, not raises, whatever became of it
+                if deciding.cancelled() or deciding.exception() is not None:
+                    self.runtime.metrics.produce_errors.inc(len(offsets))
+                    self.log.error("a batch of bid requests was not decided; skipped (past its tmax)")
+                    self._done.update(offsets)
+                    continue
+                futs = deciding.result()
                 results = await asyncio.gather(*futs, return_exceptions=True)
                 failed = [r for r in results if isinstance(r, BaseException)]
                 if failed:
@@ -231,9 +232,14 @@ class BidRequestConsumer(Service):
                 self._done.update(offsets)
             self._last_commit = time.monotonic()
             if self.consumer is not None and self._done:
-                done, self._done = self._done, {}
-                with contextlib.suppress(Exception):  # a rebalance in progress: the next commit retries
-                    await self.consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in done.items()})
+                # A batch fetched just before a rebalance may hold revoked partitions, whose
+                # commit would fail the whole call: commit only what is still assigned.
+                assigned = self.consumer.assignment()
+                done = {tp: o for tp, o in self._done.items() if tp in assigned}
+                self._done = {}
+                if done:
+                    with contextlib.suppress(Exception):  # a rebalance in progress: the next commit retries
+                        await self.consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in done.items()})
 
     async def on_stop(self) -> None:
         try:

@@ -206,6 +206,9 @@ def test_bid_consumer_decides_the_next_fetch_while_one_waits_and_commits_in_fetc
             async def commit(self, offsets: dict) -> None:
                 committed.append({t: o.offset for t, o in offsets.items()})
 
+            def assignment(self) -> set:
+                return {tp}
+
         async def handle(record: SimpleNamespace) -> asyncio.Future:
             events.append(f"start {record.offset}")
             if record.offset == 0:
@@ -229,7 +232,7 @@ def test_bid_consumer_decides_the_next_fetch_while_one_waits_and_commits_in_fetc
         await asyncio.sleep(0.01)
         assert not commit.done() and committed == []  # offset 2 must wait for request 0's answer
         release.set()
-        await commit
+        await asyncio.wait_for(commit, 2)
         assert committed == [{tp: 2}]
         consume.cancel()
 
