@@ -135,9 +135,6 @@ class Settings:
     #: fetch in flight per broker, so a request for a partition just drained waits until that fetch
     #: returns: this bounds the topic path's tail latency (idle, the limit is 20 ms).
     bid_fetch_wait_ms: int = 2
-    #: The same limit for the Faust agents' consumer while records flow, ms (faust-streaming's
-    #: 1.5 s when idle). Without it a worker could answer every click ~1.5 s late: streams/fetchwait.py.
-    stream_fetch_wait_ms: int = 50
     #: First-price auctions: bid this share of the value.
     bid_shade: float = 0.8
     #: Pacing: the daily budget is spread evenly over this many seconds from the start of the UTC day.

@@ -69,7 +69,6 @@ from streams.archive import LakeArchiver
 from streams.bid_consumer import BidRequestConsumer, request_id
 from streams.care_crm import care_crm_agents
 from streams.dlq import DeadLetterSink, Publish
-from streams.fetchwait import FetchWait
 from streams.partitioning import MemoPartitioner
 
 
@@ -221,33 +220,6 @@ class LoopWatchService(Service):
 
     async def on_stop(self) -> None:
         self.watch.remove_gc_hook()
-
-
-class FetchWaitService(Service):
-    """Keeps the Faust consumer's long poll short while records flow (see :mod:`streams.fetchwait`)."""
-
-    #: faust-streaming's own limit, kept while idle.
-    IDLE_MS = 1500
-
-    def __init__(self, app: faust.App, busy_ms: int, interval_s: float = 0.1, **kwargs: Any) -> None:
-        self.app = app
-        self.interval_s = interval_s
-        self.fetch_wait = FetchWait(busy_ms=busy_ms, idle_ms=self.IDLE_MS)
-        self._seen = 0
-        super().__init__(**kwargs)
-
-    def aiokafka_consumer(self) -> Any:
-        """The aiokafka consumer inside Faust's consumer thread (None before it starts)."""
-        thread = getattr(self.app.consumer, "_thread", None)
-        return getattr(thread, "_consumer", None)
-
-    @Service.task
-    async def _tune(self) -> None:
-        while not self.should_stop:
-            await self.sleep(self.interval_s)
-            total = self.app.monitor.messages_received_total
-            self.fetch_wait.update(self.aiokafka_consumer(), total - self._seen, time.monotonic())
-            self._seen = total
 
 
 class OpsService(Service):
@@ -621,7 +593,6 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
     app.service(ModelWatcherService(runtime, settings.model_poll_s))  # type: ignore[arg-type]
     app.service(OpsService(app, runtime))  # type: ignore[arg-type]
     app.service(LoopWatchService(runtime))  # type: ignore[arg-type]
-    app.service(FetchWaitService(app, settings.stream_fetch_wait_ms))  # type: ignore[arg-type]
     watchdog = RecoveryWatchdog(app, settings.recovery_stall_s)
     runtime.extra["recovery_watchdog"] = watchdog
     app.service(watchdog)  # type: ignore[arg-type]
