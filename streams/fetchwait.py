@@ -13,9 +13,10 @@ aiokafka reads the limit from its fetcher each time it builds a request, so it
 can be changed while the consumer runs; the bid consumer does so
 (:meth:`streams.bid_consumer.BidRequestConsumer._fetch_wait`). The Faust
 agents' consumer keeps faust-streaming's 1.5 s: a 10 or 50 ms limit while
-records flow cost it 8-15% of its throughput in ``benchmarks/pipeline.py``
-(2,493 and 2,661 clicks/s against 2,876-3,008), from the extra fetches over
-every partition of every input topic.
+records flow was tried, and neither improved ``benchmarks/recs_latency.py``'s
+topic path nor kept ``benchmarks/pipeline.py``'s throughput above the runs
+without it (2,493 and 2,661 clicks/s, against 2,683-3,008 without, on a
+noisy machine); each extra fetch covers every partition of every input topic.
 
 Examples
 --------
