@@ -11,9 +11,7 @@ adds here (no table, no co-partitioning), so the bidder reads the topic
 directly:
 
 * every record of a fetch is decided concurrently (so concurrent decisions
-  share the budget ledger's round trips), and the next fetch's records start
-  without waiting for them (up to ``MAX_BATCHES_IN_FLIGHT`` fetches): a request
-  must not wait behind the Redis round trips of the requests fetched before it;
+  share the budget ledger's round trips);
 * while requests flow, fetches wait at most ``bid_fetch_wait_ms`` (2 ms) on the
   broker (20 ms when idle): aiokafka keeps one fetch in flight per broker, so a
   partition that was just drained is fetched again only when the long poll for
@@ -80,8 +78,6 @@ def request_id(raw: bytes) -> str | None:
 #: The bid consumer's long-poll limit when no request has arrived for BUSY_FOR_S seconds.
 IDLE_FETCH_WAIT_MS = 20
 BUSY_FOR_S = 1.0
-#: Fetched batches whose requests are being decided at once; more waits for the oldest (back-pressure).
-MAX_BATCHES_IN_FLIGHT = 8
 
 
 class BidRequestConsumer(Service):
@@ -94,9 +90,7 @@ class BidRequestConsumer(Service):
         self.producer: AIOKafkaProducer | None = None
         #: Per partition: the next offset to commit, once the deliveries listed with it are done.
         self._done: dict[TopicPartition, int] = {}
-        #: In fetch order: each batch's next offsets, and the task deciding it (it returns the deliveries).
-        self._pending: list[tuple[dict[TopicPartition, int], asyncio.Task[list[asyncio.Future]]]] = []
-        self._deciding: set[asyncio.Task[list[asyncio.Future]]] = set()
+        self._pending: list[tuple[dict[TopicPartition, int], list[asyncio.Future]]] = []
         self._last_commit = time.monotonic()
         self._committing: asyncio.Future | None = None
         self._commit_lock = asyncio.Lock()
@@ -184,13 +178,9 @@ class BidRequestConsumer(Service):
                 last_records = now
             self._fetch_wait(busy=now - last_records < BUSY_FOR_S)
             if batch:
-                while len(self._deciding) >= MAX_BATCHES_IN_FLIGHT:
-                    await asyncio.wait(self._deciding, return_when=asyncio.FIRST_COMPLETED)
-                task = asyncio.ensure_future(self._decide_batch([r for rs in batch.values() for r in rs]))
-                self._deciding.add(task)
-                task.add_done_callback(self._deciding.discard)
-                # Listed now, in fetch order: a commit waits for this batch before any later one.
-                self._pending.append(({tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}, task))
+                futs = await asyncio.gather(*(self.handle(r) for rs in batch.values() for r in rs))
+                offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}
+                self._pending.append((offsets, [f for f in futs if f is not None]))
             if time.monotonic() - self._last_commit >= interval and (
                 self._committing is None or self._committing.done()
             ):
@@ -198,15 +188,6 @@ class BidRequestConsumer(Service):
                 # and requests that arrive meanwhile must not wait behind it.
                 self._last_commit = time.monotonic()
                 self._committing = asyncio.ensure_future(self.commit())
-
-    async def _decide_batch(self, records: list[Any]) -> list[asyncio.Future]:
-        """Decide a fetched batch concurrently; returns the responses' delivery futures."""
-        futs = await asyncio.gather(*(self.handle(r) for r in records), return_exceptions=True)
-        failed = [f for f in futs if isinstance(f, BaseException)]
-        if failed:  # handle() answers bad input itself: this is a bug or a dead producer
-            self.runtime.metrics.bids.labels(path="topic", outcome="error").inc(len(failed))
-            self.log.error("%d bid requests failed, unanswered: %r", len(failed), failed[0])
-        return [f for f in futs if isinstance(f, asyncio.Future)]
 
     async def commit(self) -> None:
         """Commit the offsets of every request whose response the broker has acknowledged.
@@ -216,14 +197,7 @@ class BidRequestConsumer(Service):
         """
         async with self._commit_lock:
             pending, self._pending = self._pending, []
-            for offsets, deciding in pending:
-                await asyncio.wait({deciding})  # returns, not raises, whatever became of it
-                if deciding.cancelled() or deciding.exception() is not None:
-                    self.runtime.metrics.produce_errors.inc(len(offsets))
-                    self.log.error("a batch of bid requests was not decided; skipped (past its tmax)")
-                    self._done.update(offsets)
-                    continue
-                futs = deciding.result()
+            for offsets, futs in pending:
                 results = await asyncio.gather(*futs, return_exceptions=True)
                 failed = [r for r in results if isinstance(r, BaseException)]
                 if failed:
