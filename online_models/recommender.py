@@ -118,7 +118,6 @@ class CoVisitationRecommender(base.Base):
         self.item_category: dict[str, str] = {}
         self._popular_by_cat: dict[str, list[str]] = {}
         self.new_items: deque[str] = deque(maxlen=popular_size)
-        self._zero: np.ndarray | None = None
 
     # -- learning ---------------------------------------------------------------
     def learn_one(
@@ -186,9 +185,7 @@ class CoVisitationRecommender(base.Base):
         if u is None or not items:
             return [0.0] * len(items)
         lat = mf.i_latents
-        zero = self._zero
-        if zero is None or zero.shape != u.shape:
-            zero = self._zero = np.zeros_like(u)
+        zero = np.zeros_like(u)
         # ``lat`` is a defaultdict: .get() leaves unknown items out of it.
         dots = (np.array([lat.get(i, zero) for i in items]) @ u).tolist()
         ib = mf.i_biases
@@ -200,9 +197,9 @@ class CoVisitationRecommender(base.Base):
 
         The same blend as :meth:`recommend`, for offline evaluation against sampled candidates.
         """
-        cands = self.covis_candidates(recent)
+        scores, _ = self.covis_scores(recent)
         mf = self._mf_scores(user, list(items))
-        return [cands.get(i, (0.0, ""))[0] + self.mf_weight * m for i, m in zip(items, mf, strict=True)]
+        return [scores.get(i, 0.0) + self.mf_weight * m for i, m in zip(items, mf, strict=True)]
 
     # -- serving ------------------------------------------------------------------
     def popular(self) -> list[str]:
@@ -252,13 +249,6 @@ class CoVisitationRecommender(base.Base):
                 else:
                     scores[other] = prev + recency * share
         return scores, source
-
-    def covis_candidates(
-        self, recent: Sequence[str], skip: set[str] | frozenset[str] = frozenset()
-    ) -> dict[str, tuple[float, str]]:
-        """Co-visitation candidates of the ``recent`` items: item → (score, the recent item it came from)."""
-        scores, source = self.covis_scores(recent, skip)
-        return {item: (sc, source[item]) for item, sc in scores.items()}
 
     def recommend(
         self, user: str, recent: Sequence[str], k: int = 10, exclude: set[str] | None = None

@@ -263,7 +263,6 @@ class Recommender:
         self._fetch = self.client.register_script(_FETCH_LUA)
         self._down_until = 0.0
         self.round_trips = 0
-        self._category_names: dict[bytes, str] = {}
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -393,7 +392,6 @@ class Recommender:
         known: list[int] = []
         size = 4 * model.dim
         cats = self.online.item_category
-        names = self._category_names
         # raw[2:] holds (vector, category, out-of-stock flag) per candidate, in candidate order.
         if len(raw) != 2 + 3 * len(plan.cands):
             # An item id holding a newline was split by the script: no features for this list
@@ -406,15 +404,7 @@ class Recommender:
             if vec and len(vec) == size:
                 known.append(len(kept))
                 vecs.append(vec)
-            if cat:
-                name = names.get(cat)
-                if name is None:
-                    name = names[cat] = cat.decode()
-                    if len(names) > 100_000:  # categories are few; never let odd data grow this
-                        names.clear()
-            else:
-                name = cats.get(item)
-            kept.append((item, online, reason, name))
+            kept.append((item, online, reason, cat.decode() if cat else cats.get(item)))
         mat = np.frombuffer(b"".join(vecs), dtype=np.float32).reshape(len(vecs), model.dim)
         return _Parsed(plan.req, kept, known, mat, user_vec)
 

@@ -45,7 +45,6 @@ from mode import Service
 from schemas.errors import SchemaError
 from schemas.openrtb import BID_REQUEST_CODEC, BID_RESPONSE_CODEC, NBR, no_bid
 from shopstream.services import MESSAGE_MAX_BYTES
-from streams.fetchwait import set_fetch_wait
 
 if TYPE_CHECKING:
     from serving.bidder import Bidder
@@ -155,16 +154,23 @@ class BidRequestConsumer(Service):
     def _fetch_wait(self, busy: bool) -> None:
         """Long-poll for ``bid_fetch_wait_ms`` while requests flow, and IDLE_FETCH_WAIT_MS when not.
 
-        See :mod:`streams.fetchwait`: while requests flow, the limit is what a new
-        request can wait on the broker behind a fetch for the other partitions.
-        Idle, a longer limit saves the empty round trips (500 a second at 2 ms, enough
-        CPU to push a worker busy with recommendations past saturation). Not much
-        longer, though: a partition newly assigned by a rebalance gets its starting
-        offset only after the fetch in flight returns, and requests produced meanwhile
-        are skipped (the offset reset is "latest"); with 500 ms the two-worker
-        integration test lost 56 of 300.
+        aiokafka keeps one fetch in flight per broker, and a partition whose records
+        were just handed over is fetched again only when that fetch, for the other
+        partitions, returns: while requests flow, its limit is what a new request can
+        wait on the broker. When none flow, every partition is in the fetch and the
+        first request ends it, so a longer limit costs no latency and saves the idle
+        round trips (500 a second at 2 ms, enough CPU to push a worker busy with
+        recommendations past saturation). Not much longer, though: a partition newly
+        assigned by a rebalance gets its starting offset only after the fetch in
+        flight returns, and requests produced meanwhile are skipped (the offset reset
+        is "latest"); with 500 ms the two-worker integration test lost 56 of 300. aiokafka
+        reads the limit from its fetcher each time it builds a request; without that
+        attribute the limit stays as built.
         """
-        set_fetch_wait(self.consumer, self.runtime.settings.bid_fetch_wait_ms if busy else IDLE_FETCH_WAIT_MS)
+        fetcher = getattr(self.consumer, "_fetcher", None)
+        want = self.runtime.settings.bid_fetch_wait_ms if busy else IDLE_FETCH_WAIT_MS
+        if fetcher is not None and getattr(fetcher, "_fetch_max_wait_ms", want) != want:
+            fetcher._fetch_max_wait_ms = want
 
     @Service.task
     async def _consume(self) -> None:

@@ -22,10 +22,9 @@ True
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
-from aiokafka.partitioner import murmur2
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 
 class MemoPartitioner:
@@ -37,7 +36,7 @@ class MemoPartitioner:
 
     def __call__(self, key: bytes | None, all_partitions: Sequence[int], available: Sequence[int]) -> int:
         if key is None:
-            return random.choice(available or all_partitions)
+            return DefaultPartitioner()(None, all_partitions, available)
         h = self._hashes.get(key)
         if h is None:
             if len(self._hashes) >= self.max_keys:
