@@ -22,6 +22,7 @@ from mode import Service
 
 from schemas.lake import LakeWriter
 from shopstream.services import MESSAGE_MAX_BYTES
+from streams.loops import ConsumeLoop
 
 if TYPE_CHECKING:
     from streams.app import Runtime
@@ -51,6 +52,7 @@ class LakeArchiver(Service):
         self.counts: dict[str, int] = {}
         self.consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
+        self._consume_loop = ConsumeLoop()
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
@@ -77,16 +79,17 @@ class LakeArchiver(Service):
     @Service.task
     async def _consume(self) -> None:
         assert self.consumer is not None
-        while not self.should_stop:
-            batch = await self.consumer.getmany(timeout_ms=500, max_records=5000)
-            async with self._lock:
-                for tp, records in batch.items():
-                    for r in records:
-                        self.writer.add(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value)
-                    if records:
-                        self.offsets[tp] = records[-1].offset + 1
-                        self.counts[tp.topic] = self.counts.get(tp.topic, 0) + len(records)
-            await self.flush()
+        async with self._consume_loop.running():
+            while not self.should_stop:
+                batch = await self.consumer.getmany(timeout_ms=500, max_records=5000)
+                async with self._lock:
+                    for tp, records in batch.items():
+                        for r in records:
+                            self.writer.add(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value)
+                        if records:
+                            self.offsets[tp] = records[-1].offset + 1
+                            self.counts[tp.topic] = self.counts.get(tp.topic, 0) + len(records)
+                await self.flush()
 
     async def flush(self, force: bool = False) -> int:
         """Commit the buffered rows to Parquet, then commit their offsets."""
@@ -108,6 +111,8 @@ class LakeArchiver(Service):
 
     async def on_stop(self) -> None:
         try:
+            # The batch in hand goes into the last file, and its offsets into the last commit.
+            await self._consume_loop.wait_done()
             await self.flush(force=True)
         finally:
             if self.consumer is not None:

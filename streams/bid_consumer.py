@@ -45,6 +45,7 @@ from mode import Service
 from schemas.errors import SchemaError
 from schemas.openrtb import BID_REQUEST_CODEC, BID_RESPONSE_CODEC, NBR, no_bid
 from shopstream.services import MESSAGE_MAX_BYTES
+from streams.loops import ConsumeLoop
 
 if TYPE_CHECKING:
     from serving.bidder import Bidder
@@ -93,6 +94,7 @@ class BidRequestConsumer(Service):
         self._last_commit = time.monotonic()
         self._committing: asyncio.Future | None = None
         self._commit_lock = asyncio.Lock()
+        self._consume_loop = ConsumeLoop()
         m = runtime.metrics
         t = runtime.topics
         self._in = m.events_in.labels(topic=t.bid_requests)
@@ -175,25 +177,26 @@ class BidRequestConsumer(Service):
     @Service.task
     async def _consume(self) -> None:
         assert self.consumer is not None
-        interval = self.runtime.settings.commit_interval_s
-        last_records = 0.0
-        while not self.should_stop:
-            batch = await self.consumer.getmany(timeout_ms=100, max_records=256)
-            now = time.monotonic()
-            if batch:
-                last_records = now
-            self._fetch_wait(busy=now - last_records < BUSY_FOR_S)
-            if batch:
-                futs = await asyncio.gather(*(self.handle(r) for rs in batch.values() for r in rs))
-                offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}
-                self._pending.append((offsets, [f for f in futs if f is not None]))
-            if time.monotonic() - self._last_commit >= interval and (
-                self._committing is None or self._committing.done()
-            ):
-                # In its own task: a commit waits for deliveries and a broker round trip,
-                # and requests that arrive meanwhile must not wait behind it.
-                self._last_commit = time.monotonic()
-                self._committing = asyncio.ensure_future(self.commit())
+        async with self._consume_loop.running():
+            interval = self.runtime.settings.commit_interval_s
+            last_records = 0.0
+            while not self.should_stop:
+                batch = await self.consumer.getmany(timeout_ms=100, max_records=256)
+                now = time.monotonic()
+                if batch:
+                    last_records = now
+                self._fetch_wait(busy=now - last_records < BUSY_FOR_S)
+                if batch:
+                    futs = await asyncio.gather(*(self.handle(r) for rs in batch.values() for r in rs))
+                    offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs}
+                    self._pending.append((offsets, [f for f in futs if f is not None]))
+                if time.monotonic() - self._last_commit >= interval and (
+                    self._committing is None or self._committing.done()
+                ):
+                    # In its own task: a commit waits for deliveries and a broker round trip,
+                    # and requests that arrive meanwhile must not wait behind it.
+                    self._last_commit = time.monotonic()
+                    self._committing = asyncio.ensure_future(self.commit())
 
     async def commit(self) -> None:
         """Commit the offsets of every request whose response the broker has acknowledged.
@@ -223,6 +226,8 @@ class BidRequestConsumer(Service):
 
     async def on_stop(self) -> None:
         try:
+            # The batch in hand is answered before the producer stops, and is in the final commit.
+            await self._consume_loop.wait_done()
             if self._committing is not None:
                 with contextlib.suppress(Exception):
                     await self._committing

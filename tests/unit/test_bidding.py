@@ -212,3 +212,57 @@ def test_bid_consumer_commits_only_partitions_it_still_owns():
 
     asyncio.run(run())
     assert committed == [{kept: 7}]
+
+
+def test_bid_consumer_stop_answers_the_batch_in_hand_before_the_producer_stops():
+    """mode calls on_stop before it cancels tasks: a batch fetched just then is answered and committed."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+
+    from ops.metrics import Metrics
+    from schemas.openrtb import no_bid
+    from schemas.topics import Topics
+    from serving.bidder import Decision
+    from shopstream.settings import Settings
+    from streams.bid_consumer import BidRequestConsumer
+    from tests.unit.stopping import OneBatchConsumer, stop_with_batch_in_hand
+
+    tp = TopicPartition("bids", 0)
+    log: list[str] = []
+    record = SimpleNamespace(
+        value=b'{"id":"r1","imp":[{"id":"1","banner":{"w":300,"h":250}}]}',
+        timestamp=0,
+        timestamp_type=1,
+        offset=41,
+    )
+
+    class Producer:
+        stopped = False
+
+        async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future:
+            log.append("sent after stop" if self.stopped else f"sent {key.decode()}")
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(None)
+            return fut
+
+        async def stop(self) -> None:
+            self.stopped = True
+            log.append("producer stopped")
+
+    class Bidder:
+        async def decide(self, req: object, received: float) -> Decision:
+            return Decision(no_bid("r1", 8), "nbr:8")
+
+    async def run() -> OneBatchConsumer:
+        rt = SimpleNamespace(metrics=Metrics(), topics=Topics(""), settings=Settings())
+        c = BidRequestConsumer(rt, bidder=Bidder())  # type: ignore[arg-type]
+        c.consumer = consumer = OneBatchConsumer({tp: [record]}, log)  # type: ignore[assignment]
+        c.producer = Producer()  # type: ignore[assignment]
+        await stop_with_batch_in_hand(c, BidRequestConsumer._consume, consumer)
+        return consumer
+
+    consumer = asyncio.run(run())
+    assert log == ["sent r1", "consumer stopped", "producer stopped"]
+    assert consumer.committed == [{tp: 42}]

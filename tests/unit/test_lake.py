@@ -51,3 +51,33 @@ def test_crash_leftovers_are_removed_and_replays_deduplicated(tmp_path):
     assert t.column("offset").to_pylist() == list(range(7))
     assert read_lake(tmp_path, "a", dedupe=False).num_rows == 9
     assert read_lake(tmp_path / "missing").num_rows == 0
+
+
+def test_archiver_stop_writes_and_commits_the_batch_in_hand(tmp_path):
+    """mode calls on_stop before it cancels tasks: a batch fetched just then still reaches the lake."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+
+    from ops.metrics import Metrics
+    from shopstream.settings import Settings
+    from streams.archive import LakeArchiver
+    from tests.unit.stopping import OneBatchConsumer, stop_with_batch_in_hand
+
+    tp = TopicPartition("clicks.v1", 2)
+    log: list[str] = []
+    rec = SimpleNamespace(topic=tp.topic, partition=2, offset=9, timestamp=DAY, key=b"u1", value=b"{}")
+
+    async def run() -> OneBatchConsumer:
+        settings = Settings(lake_dir=tmp_path, lake_max_rows=1000, lake_max_age_s=3600)
+        rt = SimpleNamespace(settings=settings, worker_name="w", metrics=Metrics(), extra={})
+        a = LakeArchiver(rt)  # type: ignore[arg-type]
+        a.consumer = consumer = OneBatchConsumer({tp: [rec]}, log)  # type: ignore[assignment]
+        await stop_with_batch_in_hand(a, LakeArchiver._consume, consumer)
+        return consumer
+
+    consumer = asyncio.run(run())
+    assert consumer.committed == [{tp: 10}]
+    assert log == ["consumer stopped"]
+    assert read_lake(tmp_path, tp.topic).column("offset").to_pylist() == [9]
