@@ -81,7 +81,9 @@ class LakeArchiver(Service):
         assert self.consumer is not None
         async with self._consume_loop.running():
             while not self.should_stop:
-                batch = await self.consumer.getmany(timeout_ms=500, max_records=5000)
+                batch = await self._consume_loop.fetch(
+                    self.consumer.getmany(timeout_ms=500, max_records=5000)
+                )
                 async with self._lock:
                     for tp, records in batch.items():
                         for r in records:
@@ -111,7 +113,8 @@ class LakeArchiver(Service):
 
     async def on_stop(self) -> None:
         try:
-            # The batch in hand goes into the last file, and its offsets into the last commit.
+            # A fetch still waiting is cancelled; a batch in hand goes into the last file and its
+            # offsets into the last commit (outside _lock: the loop needs it to finish).
             await self._consume_loop.wait_done()
             await self.flush(force=True)
         finally:

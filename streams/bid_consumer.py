@@ -181,7 +181,7 @@ class BidRequestConsumer(Service):
             interval = self.runtime.settings.commit_interval_s
             last_records = 0.0
             while not self.should_stop:
-                batch = await self.consumer.getmany(timeout_ms=100, max_records=256)
+                batch = await self._consume_loop.fetch(self.consumer.getmany(timeout_ms=100, max_records=256))
                 now = time.monotonic()
                 if batch:
                     last_records = now
@@ -226,7 +226,8 @@ class BidRequestConsumer(Service):
 
     async def on_stop(self) -> None:
         try:
-            # The batch in hand is answered before the producer stops, and is in the final commit.
+            # A fetch still waiting is cancelled; a batch in hand is answered before the producer
+            # stops, and is in the final commit (outside _commit_lock: the loop may need it).
             await self._consume_loop.wait_done()
             if self._committing is not None:
                 with contextlib.suppress(Exception):

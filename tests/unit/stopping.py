@@ -1,4 +1,4 @@
-"""A consumer fake for stop tests: its first fetch returns one batch, but only once the test lets it."""
+"""Fakes for stop tests of services with a consume loop (streams.loops.ConsumeLoop)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ from typing import Any
 
 
 class OneBatchConsumer:
-    """Stands in for an ``AIOKafkaConsumer``: the first ``getmany`` blocks until :meth:`release`."""
+    """Stands in for an ``AIOKafkaConsumer`` whose first ``getmany`` returns ``batch``.
 
-    def __init__(self, batch: dict[Any, list[Any]], log: list[str]) -> None:
+    With ``hold``, that first fetch waits until :meth:`release` (and logs its cancellation).
+    """
+
+    def __init__(self, batch: dict[Any, list[Any]], log: list[str], hold: bool = False) -> None:
         self.batch = batch
         self.log = log
+        self.hold = hold
         self.committed: list[dict[Any, int]] = []
         self.calls = 0
         self.fetched = asyncio.Event()
@@ -26,7 +30,12 @@ class OneBatchConsumer:
             await asyncio.sleep(timeout_ms / 1000)
             return {}
         self.fetched.set()
-        await self._release.wait()
+        if self.hold:
+            try:
+                await self._release.wait()
+            except asyncio.CancelledError:
+                self.log.append("fetch cancelled")
+                raise
         return self.batch
 
     def assignment(self) -> set[Any]:
@@ -39,13 +48,17 @@ class OneBatchConsumer:
         self.log.append("consumer stopped")
 
 
-async def stop_with_batch_in_hand(service: Any, consume: Any, consumer: OneBatchConsumer) -> None:
-    """Stop ``service`` as mode does (flag, then ``on_stop``) while ``consume`` waits on its fetch."""
+async def stop_when(service: Any, consume: Any, ready: asyncio.Event, go: asyncio.Event) -> None:
+    """Start the ``consume`` loop; once ``ready``, stop ``service`` as mode does, then set ``go``.
+
+    mode's ``Service.stop`` sets the stop flag, awaits ``on_stop`` and only then
+    cancels the service's tasks; ``go`` lets the loop on 50 ms into ``on_stop``.
+    """
     loop_task = asyncio.ensure_future(consume(service))
-    await consumer.fetched.wait()
-    service._stopped_set()  # what Service.stop does before it calls on_stop
+    await asyncio.wait_for(ready.wait(), 5)
+    service._stopped_set()
     stopping = asyncio.ensure_future(service.on_stop())
     await asyncio.sleep(0.05)
-    consumer.release()  # the fetch in flight returns its batch now
+    go.set()
     await asyncio.wait_for(stopping, 5)
-    await asyncio.wait_for(loop_task, 5)
+    await asyncio.wait_for(asyncio.gather(loop_task, return_exceptions=True), 5)

@@ -215,7 +215,7 @@ def test_bid_consumer_commits_only_partitions_it_still_owns():
 
 
 def test_bid_consumer_stop_answers_the_batch_in_hand_before_the_producer_stops():
-    """mode calls on_stop before it cancels tasks: a batch fetched just then is answered and committed."""
+    """mode calls on_stop before it cancels tasks: a batch being decided then is answered and committed."""
     import asyncio
     from types import SimpleNamespace
 
@@ -227,7 +227,7 @@ def test_bid_consumer_stop_answers_the_batch_in_hand_before_the_producer_stops()
     from serving.bidder import Decision
     from shopstream.settings import Settings
     from streams.bid_consumer import BidRequestConsumer
-    from tests.unit.stopping import OneBatchConsumer, stop_with_batch_in_hand
+    from tests.unit.stopping import OneBatchConsumer, stop_when
 
     tp = TopicPartition("bids", 0)
     log: list[str] = []
@@ -251,16 +251,20 @@ def test_bid_consumer_stop_answers_the_batch_in_hand_before_the_producer_stops()
             self.stopped = True
             log.append("producer stopped")
 
-    class Bidder:
-        async def decide(self, req: object, received: float) -> Decision:
-            return Decision(no_bid("r1", 8), "nbr:8")
-
     async def run() -> OneBatchConsumer:
+        deciding, decided = asyncio.Event(), asyncio.Event()
+
+        class Bidder:
+            async def decide(self, req: object, received: float) -> Decision:
+                deciding.set()
+                await decided.wait()  # stopping begins while the request is being decided
+                return Decision(no_bid("r1", 8), "nbr:8")
+
         rt = SimpleNamespace(metrics=Metrics(), topics=Topics(""), settings=Settings())
         c = BidRequestConsumer(rt, bidder=Bidder())  # type: ignore[arg-type]
         c.consumer = consumer = OneBatchConsumer({tp: [record]}, log)  # type: ignore[assignment]
         c.producer = Producer()  # type: ignore[assignment]
-        await stop_with_batch_in_hand(c, BidRequestConsumer._consume, consumer)
+        await stop_when(c, BidRequestConsumer._consume, deciding, decided)
         return consumer
 
     consumer = asyncio.run(run())

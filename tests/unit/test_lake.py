@@ -53,9 +53,10 @@ def test_crash_leftovers_are_removed_and_replays_deduplicated(tmp_path):
     assert read_lake(tmp_path / "missing").num_rows == 0
 
 
-def test_archiver_stop_writes_and_commits_the_batch_in_hand(tmp_path):
-    """mode calls on_stop before it cancels tasks: a batch fetched just then still reaches the lake."""
+def test_archiver_stop_cancels_a_waiting_fetch_so_nothing_lands_after_the_last_file(tmp_path):
+    """A fetch still waiting when stopping begins is cancelled, not answered after the final flush."""
     import asyncio
+    import time
     from types import SimpleNamespace
 
     from aiokafka import TopicPartition
@@ -63,21 +64,24 @@ def test_archiver_stop_writes_and_commits_the_batch_in_hand(tmp_path):
     from ops.metrics import Metrics
     from shopstream.settings import Settings
     from streams.archive import LakeArchiver
-    from tests.unit.stopping import OneBatchConsumer, stop_with_batch_in_hand
+    from tests.unit.stopping import OneBatchConsumer, stop_when
 
     tp = TopicPartition("clicks.v1", 2)
     log: list[str] = []
     rec = SimpleNamespace(topic=tp.topic, partition=2, offset=9, timestamp=DAY, key=b"u1", value=b"{}")
 
-    async def run() -> OneBatchConsumer:
+    async def run() -> tuple[LakeArchiver, OneBatchConsumer]:
         settings = Settings(lake_dir=tmp_path, lake_max_rows=1000, lake_max_age_s=3600)
         rt = SimpleNamespace(settings=settings, worker_name="w", metrics=Metrics(), extra={})
         a = LakeArchiver(rt)  # type: ignore[arg-type]
-        a.consumer = consumer = OneBatchConsumer({tp: [rec]}, log)  # type: ignore[assignment]
-        await stop_with_batch_in_hand(a, LakeArchiver._consume, consumer)
-        return consumer
+        a.consumer = consumer = OneBatchConsumer({tp: [rec]}, log, hold=True)  # type: ignore[assignment]
+        # The fetch in flight would return its batch 50 ms into on_stop.
+        await stop_when(a, LakeArchiver._consume, consumer.fetched, consumer._release)
+        await asyncio.sleep(0.05)
+        return a, consumer
 
-    consumer = asyncio.run(run())
-    assert consumer.committed == [{tp: 10}]
-    assert log == ["consumer stopped"]
-    assert read_lake(tmp_path, tp.topic).column("offset").to_pylist() == [9]
+    t0 = time.monotonic()
+    archiver, consumer = asyncio.run(run())
+    assert time.monotonic() - t0 < 2  # no waiting for a fetch that holds nothing
+    assert log == ["fetch cancelled", "consumer stopped"]
+    assert archiver.writer.rows == 0 and consumer.committed == []
