@@ -107,14 +107,14 @@ def _ads_line(campaigns: dict, exchange) -> str:  # type: ignore[no-untyped-def]
     auc = (
         f"{ctr['auc']:.3f} over {ctr['labels']:,} labels"
         if ctr.get("auc") is not None
-        else "waiting for labels"
+        else f"waiting for clicks and non-clicks ({ctr.get('labels', 0):,} labels)"
     )
     win = f"{100 * st.wins / st.bids:.0f}%" if st.bids else "-"
     pacers = [v.get("pacer") or {} for v in (campaigns.get("today") or {}).values()]
     market = sum(p.get("mode") == "market" for p in pacers)
     return (
         f"  ads: {st.requests:,} bid requests, {st.bids:,} bids, {st.wins:,} won ({win}), "
-        f"{st.clicks:,} clicks, ledger spend today {spend:.2f} EUR | online CTR model AUC {auc} | "
+        f"{st.clicks:,} clicks, ledger spend today {spend:.2f} EUR | pCTR AUC (blend, prequential) {auc} | "
         f"pacing on market prices: {market}/{len(pacers)} campaigns"
     )
 

@@ -300,7 +300,8 @@ class OpsService(Service):
             m.model_quality.labels(model="intent", metric="accuracy").set(iq.correct / iq.total)
         ctrq = rt.extra.get("ctr_quality")
         if ctrq is not None and ctrq.n:
-            m.model_quality.labels(model="ctr", metric="auc").set(ctrq.auc.get())
+            if ctrq.auc_defined:
+                m.model_quality.labels(model="ctr", metric="auc").set(ctrq.auc.get())
             m.model_quality.labels(model="ctr", metric="logloss").set(ctrq.logloss.get())
         point = rt.timeline.add(m.render().decode(), snap, [])
         fire = rt.settings.alert_dlq_per_s
@@ -486,11 +487,16 @@ class _CTRQuality:
         self.n += 1
         self.positives += int(clicked)
 
+    @property
+    def auc_defined(self) -> bool:
+        """Whether both a click and a non-click were seen (AUC ranks one against the other)."""
+        return 0 < self.positives < self.n
+
     def status(self) -> dict[str, Any]:
         return {
             "labels": self.n,
             "positives": self.positives,
-            "auc": float(self.auc.get()) if self.n else None,
+            "auc": float(self.auc.get()) if self.auc_defined else None,
             "logloss": float(self.logloss.get()) if self.n else None,
         }
 

@@ -270,3 +270,19 @@ def test_bid_consumer_stop_answers_the_batch_in_hand_before_the_producer_stops()
     consumer = asyncio.run(run())
     assert log == ["sent r1", "consumer stopped", "producer stopped"]
     assert consumer.committed == [{tp: 42}]
+
+
+def test_ctr_quality_reports_no_auc_until_it_has_seen_both_a_click_and_a_non_click():
+    """AUC ranks clicks against non-clicks: with one class it is undefined, not 0 (the demo showed -0.000)."""
+    from streams.app import _CTRQuality
+
+    q = _CTRQuality()
+    assert q.status()["auc"] is None and q.status()["logloss"] is None
+    q.add(0.9, True)
+    q.add(0.7, True)
+    st = q.status()
+    assert st["auc"] is None and st["labels"] == 2 and st["positives"] == 2 and st["logloss"] is not None
+    q.add(0.1, False)
+    assert q.status()["auc"] == 1.0
+    q.add(0.95, False)
+    assert 0.0 < q.status()["auc"] < 1.0
