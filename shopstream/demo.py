@@ -107,7 +107,7 @@ def _ads_line(campaigns: dict, exchange) -> str:  # type: ignore[no-untyped-def]
     auc = (
         f"{ctr['auc']:.3f} over {ctr['labels']:,} labels"
         if ctr.get("auc") is not None
-        else f"waiting for clicks and non-clicks ({ctr.get('labels', 0):,} labels)"
+        else f"waiting for both clicks and non-clicks ({ctr.get('labels', 0):,} labelled so far)"
     )
     win = f"{100 * st.wins / st.bids:.0f}%" if st.bids else "-"
     pacers = [v.get("pacer") or {} for v in (campaigns.get("today") or {}).values()]
