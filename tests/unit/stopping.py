@@ -9,7 +9,7 @@ from typing import Any
 class OneBatchConsumer:
     """Stands in for an ``AIOKafkaConsumer`` whose first ``getmany`` returns ``batch``.
 
-    With ``hold``, that first fetch waits until :meth:`release` (and logs its cancellation).
+    With ``hold``, that first fetch waits until ``released`` is set (and logs its cancellation).
     """
 
     def __init__(self, batch: dict[Any, list[Any]], log: list[str], hold: bool = False) -> None:
@@ -19,10 +19,7 @@ class OneBatchConsumer:
         self.committed: list[dict[Any, int]] = []
         self.calls = 0
         self.fetched = asyncio.Event()
-        self._release = asyncio.Event()
-
-    def release(self) -> None:
-        self._release.set()
+        self.released = asyncio.Event()
 
     async def getmany(self, timeout_ms: int, max_records: int) -> dict[Any, list[Any]]:
         self.calls += 1
@@ -32,7 +29,7 @@ class OneBatchConsumer:
         self.fetched.set()
         if self.hold:
             try:
-                await self._release.wait()
+                await self.released.wait()
             except asyncio.CancelledError:
                 self.log.append("fetch cancelled")
                 raise

@@ -56,7 +56,6 @@ def test_crash_leftovers_are_removed_and_replays_deduplicated(tmp_path):
 def test_archiver_stop_cancels_a_waiting_fetch_so_nothing_lands_after_the_last_file(tmp_path):
     """A fetch still waiting when stopping begins is cancelled, not answered after the final flush."""
     import asyncio
-    import time
     from types import SimpleNamespace
 
     from aiokafka import TopicPartition
@@ -76,12 +75,10 @@ def test_archiver_stop_cancels_a_waiting_fetch_so_nothing_lands_after_the_last_f
         a = LakeArchiver(rt)  # type: ignore[arg-type]
         a.consumer = consumer = OneBatchConsumer({tp: [rec]}, log, hold=True)  # type: ignore[assignment]
         # The fetch in flight would return its batch 50 ms into on_stop.
-        await stop_when(a, LakeArchiver._consume, consumer.fetched, consumer._release)
+        await stop_when(a, LakeArchiver._consume, consumer.fetched, consumer.released)
         await asyncio.sleep(0.05)
         return a, consumer
 
-    t0 = time.monotonic()
     archiver, consumer = asyncio.run(run())
-    assert time.monotonic() - t0 < 2  # no waiting for a fetch that holds nothing
     assert log == ["fetch cancelled", "consumer stopped"]
     assert archiver.writer.rows == 0 and consumer.committed == []
