@@ -34,7 +34,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO_ROOT, parse_args, percentiles, target, write_results
+from benchmarks.common import REPO_ROOT, cpu_seconds, parse_args, percentiles, target, write_results
 from benchmarks.stack import (
     collect_answers,
     echo,
@@ -223,8 +223,9 @@ def bench_campaigns(path: Path) -> Path:
     return path
 
 
-def worker_side(before: str, after: str, path: str) -> dict[str, float]:
-    """The worker's own view of a phase: its bid times, event-loop stalls and GC pauses (from its metrics).
+def worker_side(before: str, after: str, path: str, cpu_s: float, requests: int) -> dict[str, float]:
+    """The worker's own view of a phase: its bid times, event-loop stalls and GC pauses (from its metrics),
+    and the CPU it spent per request (``cpu_s``, user+system seconds over the phase, from /proc).
 
     The worker times a topic request from the exchange's CreateTime, so its view
     includes the trip in, not the trip back.
@@ -247,6 +248,7 @@ def worker_side(before: str, after: str, path: str) -> dict[str, float]:
     for g in ("0", "1", "2"):
         out[f"gc{g}_collections"] = delta("shopstream_gc_pause_seconds_count", {"generation": g})
         out[f"gc{g}_seconds"] = round(delta("shopstream_gc_pause_seconds_sum", {"generation": g}), 4)
+    out["cpu_us_per_request"] = round(1e6 * cpu_s / requests, 1) if requests else float("nan")
     return out
 
 
@@ -278,6 +280,10 @@ def run(cfg: dict[str, float], rate: float) -> dict[str, Any]:
             ):
                 time.sleep(0.2)
             log(f"worker serving {res.version.tag}")
+
+            def worker_cpu() -> float:
+                return cpu_seconds(worker.proc.pid if worker.proc else None)
+
             shop = SyntheticShop(seed=9, ad_share=1.0, ad_outcomes=False)
             reqs = [
                 v.decode()
@@ -294,11 +300,11 @@ def run(cfg: dict[str, float], rate: float) -> dict[str, Any]:
             log(f"HTTP baseline (no campaign matches): {rate:.0f}/s for {secs}s")
             out["http_baseline"] = summary(_loadgen("--http", worker.url, str(foreign), str(rate), secs))
             log(f"  {out['http_baseline']['latency_ms']}")
-            text0 = worker.metrics_text()
+            text0, cpu0 = worker.metrics_text(), worker_cpu()
             log(f"HTTP: {rate:.0f}/s for {secs}s")
             out["http"] = summary(_loadgen("--http", worker.url, str(bodies), str(rate), secs))
-            text1 = worker.metrics_text()
-            out["http"]["worker"] = worker_side(text0, text1, "http")
+            text1, http_cpu = worker.metrics_text(), worker_cpu() - cpu0
+            out["http"]["worker"] = worker_side(text0, text1, "http", http_cpu, out["http"]["sent"])
             out["http"]["bids"] = metric_value(
                 text1, "shopstream_bids_total", {"path": "http", "outcome": "bid"}
             ) - (metric_value(text0, "shopstream_bids_total", {"path": "http", "outcome": "bid"}))
@@ -341,10 +347,10 @@ def run(cfg: dict[str, float], rate: float) -> dict[str, Any]:
             log(f"warm-up: {cfg['warm_s']:.0f}s of topic requests")
             topic_load(requests, responses, warm)
             log(f"topic: {rate:.0f}/s for {secs}s")
-            text2 = worker.metrics_text()
+            text2, cpu2 = worker.metrics_text(), worker_cpu()
             out["topic"] = summary(topic_load(requests, responses, secs))
             t = out["topic"]
-            t["worker"] = worker_side(text2, worker.metrics_text(), "topic")
+            t["worker"] = worker_side(text2, worker.metrics_text(), "topic", worker_cpu() - cpu2, t["sent"])
             log(f"  worker: {t['worker']}")
             log(f"  {t['latency_ms']}, {t['late']} late, {t['with_bids']} with bids")
             text = worker.metrics_text()
@@ -383,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         "http_achieved_rate": round(http["achieved_rate"], 1),
         "topic_achieved_rate": round(topic["achieved_rate"], 1),
         "topic_unanswered": topic["sent"] - topic["answered"],
+        "http_worker_cpu_us_per_request": http["worker"]["cpu_us_per_request"],
+        "topic_worker_cpu_us_per_request": topic["worker"]["cpu_us_per_request"],
         "deep_model_auc": res["deep_model"]["auc"],
         "seconds": round(time.monotonic() - t0, 1),
     }

@@ -189,6 +189,27 @@ def percentiles(samples: Iterable[float], ps: Sequence[float] = (50, 90, 99)) ->
     return {f"p{p:g}": round(float(v), 12) for p, v in zip(ps, values, strict=True)}
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """user+system CPU seconds of ``pid`` and its live descendants (0.0 if unreadable).
+
+    ``shopstream worker`` is a supervisor whose child does the work, so the tree is summed.
+    """
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rpartition(")")[2].split()
+        own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            children = [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+        children = []
+    return own + sum(cpu_seconds(c) for c in children)
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()

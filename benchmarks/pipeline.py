@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import tempfile
 import time
 import uuid
@@ -35,7 +34,7 @@ from typing import Any
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from benchmarks.common import parse_args, percentiles, target, write_results
+from benchmarks.common import cpu_seconds, parse_args, percentiles, target, write_results
 from schemas.events import CLICK_CODEC, RECOMMENDATION_CODEC
 from shopstream.procs import WorkerProcess, metric_value
 from shopstream.services import Kafka, Redis, free_port
@@ -170,27 +169,6 @@ class Collector:
 # --- worker-side observations -------------------------------------------------------------------
 
 
-def _cpu_seconds(pid: int | None) -> float:
-    """user+system CPU seconds of ``pid`` and its live descendants (0.0 if unreadable).
-
-    ``shopstream worker`` is a supervisor whose child does the work, so the tree is summed.
-    """
-    if pid is None:
-        return 0.0
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rpartition(")")[2].split()
-        own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
-            children = [int(c) for c in f.read().split()]
-    except (OSError, ValueError):
-        children = []
-    return own + sum(_cpu_seconds(c) for c in children)
-
-
 def _kafka_pid(kafka: Kafka) -> int | None:
     try:
         return int(kafka.pidfile.read_text().strip())
@@ -231,8 +209,8 @@ def snapshot(worker: WorkerProcess, kafka: Kafka, settings: Settings) -> Snapsho
             buckets[le] = float(line.rpartition(" ")[2])
     return Snapshot(
         t=time.perf_counter(),
-        worker_cpu=_cpu_seconds(worker.proc.pid if worker.proc else None),
-        kafka_cpu=_cpu_seconds(_kafka_pid(kafka)),
+        worker_cpu=cpu_seconds(worker.proc.pid if worker.proc else None),
+        kafka_cpu=cpu_seconds(_kafka_pid(kafka)),
         proc_sum=metric_value(text, "shopstream_processing_seconds_sum", agent),
         proc_count=metric_value(text, "shopstream_processing_seconds_count", agent),
         redis_sum=metric_value(text, "shopstream_redis_seconds_sum", {"op": "write"}),
