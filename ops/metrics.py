@@ -9,11 +9,14 @@ Examples
 >>> m.dlq.labels(topic="shop.clicks.v1", reason="malformed_json").inc()
 >>> b"shopstream_dlq_events_total" in m.render()
 True
+>>> import sys
+>>> sys.platform != "linux" or b"shopstream_process_cpu_seconds_total" in m.render()
+True
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -171,6 +174,11 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
             registry=r,
         )
+
+        # The process's own CPU seconds, resident memory and open file descriptors (read from
+        # /proc at each scrape; nothing on Linux-less hosts), so a dashboard shows what a worker
+        # costs beside what it does: CPU per event is the number to size a deployment by.
+        ProcessCollector(namespace="shopstream", registry=r)
 
     def render(self) -> bytes:
         """The text exposition format."""

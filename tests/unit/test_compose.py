@@ -29,6 +29,8 @@ DASHBOARD_METRICS = {
     "shopstream_consumer_lag_seconds",
     "shopstream_consumer_group_status",
     "shopstream_model_quality",
+    "shopstream_process_cpu_seconds_total",
+    "shopstream_process_resident_memory_bytes",
 }
 MISSING_COMPOSE = (
     "docker-compose is not on PATH; run `make bootstrap` (it installs Debian's docker-compose with apt)."
