@@ -225,7 +225,8 @@ def bench_campaigns(path: Path) -> Path:
 
 def worker_side(before: str, after: str, path: str, cpu_s: float, requests: int) -> dict[str, float]:
     """The worker's own view of a phase: its bid times, event-loop stalls and GC pauses (from its metrics),
-    and the CPU it spent per request (``cpu_s``, user+system seconds over the phase, from /proc).
+    and its CPU per request: ``cpu_s``, its user+system seconds from /proc over the whole phase (the
+    load generator's start and drain, and the worker's background loops, included), over ``requests``.
 
     The worker times a topic request from the exchange's CreateTime, so its view
     includes the trip in, not the trip back.
