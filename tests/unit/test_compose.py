@@ -156,3 +156,14 @@ def test_prometheus_alert_rules_use_exported_metrics() -> None:
     exprs = [ln.split("expr:", 1)[1] for ln in text.splitlines() if ln.strip().startswith("expr:")]
     names = set().union(*(metric_names(e) for e in exprs)) - {"up"}
     assert names and names <= exported_names(), sorted(names - exported_names())
+
+
+def test_compose_broker_gc_settings_match_the_dev_broker() -> None:
+    """The Docker broker runs with the G1 settings the benchmarks measured on the dev broker."""
+    from shopstream.services import KAFKA_JVM_PERFORMANCE_OPTS
+
+    res = _run_compose(_compose(), "config")
+    assert res.returncode == 0, res.stderr
+    # The rendered YAML folds a long plain scalar onto more-indented continuation lines.
+    found = re.findall(r"^( *)KAFKA_JVM_PERFORMANCE_OPTS: (.*(?:\n\1 +\S.*)*)", res.stdout, re.M)
+    assert [" ".join(value.split()).strip("'\"") for _, value in found] == [KAFKA_JVM_PERFORMANCE_OPTS]

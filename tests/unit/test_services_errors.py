@@ -18,3 +18,23 @@ def test_missing_java_or_maven_names_the_package(tmp_path, monkeypatch):
     fix = r"openjdk-17" if (JARS / ".pom.stamp").exists() else r"apt-get install -y (openjdk-17|maven)"
     with pytest.raises(ServiceError, match=fix):
         Kafka(tmp_path / "k", port=free_port(), controller_port=free_port()).start(quiet=True)
+
+
+def test_broker_jvm_options_default_and_override(tmp_path, monkeypatch):
+    """Kafka's G1 settings by default; KAFKA_HEAP_OPTS and KAFKA_JVM_PERFORMANCE_OPTS override them."""
+    from shopstream.services import KAFKA_HEAP_OPTS, KAFKA_JVM_PERFORMANCE_OPTS
+
+    monkeypatch.delenv("KAFKA_HEAP_OPTS", raising=False)
+    monkeypatch.delenv("KAFKA_JVM_PERFORMANCE_OPTS", raising=False)
+    kafka = Kafka(tmp_path / "k", port=free_port(), controller_port=free_port())
+    cmd = kafka._java("kafka.Kafka", "server.properties")
+    opts = cmd[1 : cmd.index("-cp")]
+    assert opts[:2] == KAFKA_HEAP_OPTS.split() == ["-Xms1g", "-Xmx1g"]
+    assert "-XX:G1HeapRegionSize=16M" in opts and set(KAFKA_JVM_PERFORMANCE_OPTS.split()) <= set(opts)
+    assert cmd[-2:] == ["kafka.Kafka", "server.properties"]
+
+    monkeypatch.setenv("KAFKA_HEAP_OPTS", "-Xms512m -Xmx512m")
+    monkeypatch.setenv("KAFKA_JVM_PERFORMANCE_OPTS", "-XX:+UseParallelGC")
+    opts = kafka._java("kafka.Kafka")[1:]
+    assert opts[:3] == ["-Xms512m", "-Xmx512m", "-XX:+UseParallelGC"]
+    assert "-XX:+UseG1GC" not in opts
