@@ -22,10 +22,12 @@ def test_missing_java_or_maven_names_the_package(tmp_path, monkeypatch):
 
 def test_broker_jvm_options_default_and_override(tmp_path, monkeypatch):
     """Kafka's G1 settings by default; KAFKA_HEAP_OPTS and KAFKA_JVM_PERFORMANCE_OPTS override them."""
+    from shopstream import services
     from shopstream.services import KAFKA_HEAP_OPTS, KAFKA_JVM_PERFORMANCE_OPTS
 
+    monkeypatch.setattr(services, "_require", lambda tool, fix: f"/usr/bin/{tool}")
     monkeypatch.delenv("KAFKA_HEAP_OPTS", raising=False)
-    monkeypatch.delenv("KAFKA_JVM_PERFORMANCE_OPTS", raising=False)
+    monkeypatch.setenv("KAFKA_JVM_PERFORMANCE_OPTS", "  ")  # blank: the default
     kafka = Kafka(tmp_path / "k", port=free_port(), controller_port=free_port())
     cmd = kafka._java("kafka.Kafka", "server.properties")
     opts = cmd[1 : cmd.index("-cp")]
@@ -38,3 +40,6 @@ def test_broker_jvm_options_default_and_override(tmp_path, monkeypatch):
     opts = kafka._java("kafka.Kafka")[1:]
     assert opts[:3] == ["-Xms512m", "-Xmx512m", "-XX:+UseParallelGC"]
     assert "-XX:+UseG1GC" not in opts
+    # Kafka's tools keep their small heap whatever the broker's.
+    tool = kafka._java("kafka.tools.StorageTool", heap=services.TOOL_HEAP_OPTS)
+    assert tool[1:3] == ["-Xms32m", "-Xmx256m"]
