@@ -271,7 +271,7 @@ def profile(a: Snapshot, b: Snapshot, n: int) -> dict[str, Any]:
     }
 
 
-def _decompose(sent: dict[str, float], sent_wall: dict[str, float], collector: Collector) -> dict[str, Any]:
+def decompose(sent: dict[str, float], sent_wall: dict[str, float], collector: Collector) -> dict[str, Any]:
     """Split each latency at the worker's ``generated_at`` (wall clock, same machine).
 
     ``to_worker``: click sent -> recommendation built; ``from_worker``: built -> received here.
@@ -421,7 +421,7 @@ async def measure(
         s_lat1 = snapshot(worker, kafka, settings)
         lat_ms = [1e3 * (collector.received[e] - t) for e, t in sent.items() if e in collector.received]
         lat = percentiles(lat_ms, (50, 90, 99, 99.9)) if lat_ms else {}
-        decomposition = _decompose(sent, sent_wall, collector)
+        decomposition = decompose(sent, sent_wall, collector)
         log(
             f"latency: matched {matched_lat:,}/{len(sent):,}; p50 {lat.get('p50', float('nan')):.1f} ms, "
             f"p99 {lat.get('p99', float('nan')):.1f} ms, max {max(lat_ms, default=float('nan')):.1f} ms"

@@ -12,7 +12,9 @@ Redis), starts ONE worker serving it, and measures:
    separate load-generator process (aiohttp); latency from the request's send to the
    full response body; users are the trained users (70%) and unknown ones (30%);
 3. topic: clicks offered at 1,000/s; latency from the producer's send to the
-   recommendation consumed (matched by ``event_id``), as ``benchmarks.pipeline`` does;
+   recommendation consumed (matched by ``event_id``), as ``benchmarks.pipeline`` does,
+   split at the list's ``generated_at`` (to the worker / from the worker), with the
+   worker's CPU per click;
 4. Redis round trips per request, from the worker's own counters
    (``shopstream_redis_seconds_count{op="recs_read"}`` per list served).
 
@@ -33,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import parse_args, percentiles, target, write_results
-from benchmarks.pipeline import ClickSource, Collector, produce_paced
+from benchmarks.common import cpu_seconds, parse_args, percentiles, target, write_results
+from benchmarks.pipeline import ClickSource, Collector, decompose, produce_paced
 from benchmarks.stack import local_stack
 from shopstream.procs import WorkerProcess, metric_value
 from shopstream.settings import Settings
@@ -140,7 +142,9 @@ def redis_get_baseline(url: str, n: int) -> dict[str, float]:
     return percentiles(samples, (50, 99))
 
 
-async def topic_phase(settings: Settings, rate: float, seconds: float) -> dict[str, Any]:
+async def topic_phase(
+    settings: Settings, rate: float, seconds: float, worker_pid: int | None
+) -> dict[str, Any]:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     recs_topic = settings.topic_prefix + "shop.recommendations.v1"
@@ -164,8 +168,10 @@ async def topic_phase(settings: Settings, rate: float, seconds: float) -> dict[s
         await producer.flush()
         await collector.wait_for([e for e, _, _ in warm], "topic warm-up")
         log(f"topic: offering clicks at {rate:,.0f}/s for {seconds:.0f}s")
-        sent, _wall, span = await produce_paced(producer, clicks_topic, source, rate, seconds)
+        cpu0, t0 = cpu_seconds(worker_pid), time.perf_counter()
+        sent, sent_wall, span = await produce_paced(producer, clicks_topic, source, rate, seconds)
         await collector.wait_for(list(sent), "topic")
+        cpu1, t1 = cpu_seconds(worker_pid), time.perf_counter()
         task.cancel()
         lat = [1e3 * (collector.received[e] - t) for e, t in sent.items() if e in collector.received]
         return {
@@ -173,10 +179,21 @@ async def topic_phase(settings: Settings, rate: float, seconds: float) -> dict[s
             "matched": len(lat),
             "offered_rate": len(sent) / span,
             "latency_ms": percentiles(lat, (50, 90, 99)) if lat else {},
+            # where the time goes: click sent -> list built (the worker's generated_at), built -> received
+            "decomposition": decompose(sent, sent_wall, collector),
+            # how busy the worker was: near 1.0 its queue, and so the tail, grows
+            "worker_cpu_us_per_click": round(1e6 * (cpu1 - cpu0) / max(1, len(sent)), 1),
+            "worker_cpu_util": round((cpu1 - cpu0) / (t1 - t0), 3),
         }
     finally:
         await producer.stop()
         await consumer.stop()
+
+
+def _topic_line(phase: dict[str, Any]) -> str:
+    d = phase.get("decomposition") or {}
+    split = {k: d[k] for k in ("to_worker_ms", "from_worker_ms") if k in d}
+    return f"{phase['latency_ms']} {split}, worker CPU {phase['worker_cpu_us_per_click']} us/click"
 
 
 def run(cfg: dict[str, float]) -> dict[str, Any]:
@@ -192,9 +209,12 @@ def run(cfg: dict[str, float]) -> dict[str, Any]:
             asyncio.run(ensure_topics(settings))
             worker = WorkerProcess(settings, "bench", home / "worker.log").start()
             worker.wait_ready(timeout=90, topic=settings.topic_prefix + "shop.clicks.v1")
+            pid = worker.proc.pid if worker.proc else None
             log("baseline: the topic path with the online model only (no trained model registered yet)")
-            out["topic_online_only"] = asyncio.run(topic_phase(settings, cfg["topic_rate"], cfg["topic_s"]))
-            log(f"topic, online model only: {out['topic_online_only']['latency_ms']}")
+            out["topic_online_only"] = asyncio.run(
+                topic_phase(settings, cfg["topic_rate"], cfg["topic_s"], pid)
+            )
+            log(f"topic, online model only: {_topic_line(out['topic_online_only'])}")
 
             shop = SyntheticShop(seed=7, n_users=5000, n_items=5000)
             n_train = int(cfg["train_events"])
@@ -281,8 +301,8 @@ def run(cfg: dict[str, float]) -> dict[str, Any]:
                 f"HTTP: {out['http']['latency_ms']}, "
                 f"{out['http']['redis_round_trips_per_request']:.3f} Redis round trips per request"
             )
-            out["topic"] = asyncio.run(topic_phase(settings, cfg["topic_rate"], cfg["topic_s"]))
-            log(f"topic: {out['topic']['latency_ms']}")
+            out["topic"] = asyncio.run(topic_phase(settings, cfg["topic_rate"], cfg["topic_s"], pid))
+            log(f"topic: {_topic_line(out['topic'])}")
             out["worker_alive"] = worker.alive()
             return out
         finally:
@@ -321,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         "redis_get_p99_ms": base["p99"],
         "topic_online_only_p50_ms": online.get("p50", float("nan")),
         "topic_online_only_p99_ms": online.get("p99", float("nan")),
+        "topic_online_only": res["topic_online_only"],
     }
     targets = {
         "http_p99_ms": target(http["latency_ms"]["p99"], 10.0, "<="),
