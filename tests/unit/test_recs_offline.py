@@ -201,6 +201,46 @@ def test_micro_batcher_delivers_every_request_even_when_scoring_fails():
     assert delivered == [(f"u{n}", f"t{n}") for n in range(5)]
 
 
+def test_micro_batcher_timer_flushes_what_is_queued_and_stops_while_idle():
+    import asyncio
+    import time
+
+    from online_models.recommender import CoVisitationRecommender
+    from serving.recs import MicroBatcher, Recommender, RecRequest
+
+    rec = Recommender(CoVisitationRecommender(seed=0), "redis://127.0.0.1:1/0")  # no model: online lists
+    delivered: list[str] = []
+
+    async def deliver(r, token):
+        delivered.append(token)
+
+    async def until(cond, what: str) -> None:
+        deadline = time.monotonic() + 5
+        while not cond():
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.005)
+
+    async def run():
+        stop = False
+        b = MicroBatcher(rec, deliver, max_batch=16, max_wait_s=0.02)
+        task = asyncio.create_task(b.run(lambda: stop, idle_check_s=0.05))
+        await asyncio.sleep(0.1)  # idle: nothing to flush
+        assert b.batches == 0
+        b.add(RecRequest("u0", ["a"], event_id="e0"), "t0")  # a lone request is not stranded
+        await until(lambda: delivered == ["t0"], "lone request delivered")
+        for n in (1, 2, 3):  # requests queued together go out as one batch
+            b.add(RecRequest(f"u{n}", ["a"], event_id=f"e{n}"), f"t{n}")
+        await until(lambda: len(delivered) == 4, "queued requests delivered")
+        assert delivered == ["t0", "t1", "t2", "t3"]
+        assert b.batches == 2
+        await asyncio.sleep(0.1)  # idle again
+        stop = True
+        await asyncio.wait_for(task, 2.0)  # the idle wait notices should_stop
+        await rec.close()
+
+    asyncio.run(run())
+
+
 def test_a_reply_that_does_not_match_the_candidates_gives_no_features_rather_than_misread_ones():
     """The fetch script splits ids on newlines: an id holding one shifts the reply; that list ranks online."""
     from types import SimpleNamespace
