@@ -516,18 +516,21 @@ class MicroBatcher:
             return len(batch)
 
     async def run(self, should_stop: Callable[[], bool], idle_check_s: float = 1.0) -> None:
-        """Flush each batch ``max_wait_s`` after its first request, until ``should_stop()``.
+        """Flush whatever waits, every ``max_wait_s``, until ``should_stop()``.
 
-        With nothing queued it sleeps (``should_stop`` is checked every
-        ``idle_check_s``) instead of waking every ``max_wait_s``: a 2 ms timer
-        cost an idle worker 500 wake-ups a second.
+        While requests flow this is a ``max_wait_s`` timer, so a request waits
+        half of it on average. With nothing queued it sleeps until a request
+        arrives (checking ``should_stop`` every ``idle_check_s``) instead of
+        waking every ``max_wait_s``: a 2 ms timer cost an idle worker 500
+        wake-ups a second.
         """
         while not should_stop():
-            try:
-                await asyncio.wait_for(self._queued.wait(), idle_check_s)
-            except TimeoutError:
-                continue
-            self._queued.clear()
+            if not self.pending:
+                try:
+                    await asyncio.wait_for(self._queued.wait(), idle_check_s)
+                except TimeoutError:
+                    continue
+                self._queued.clear()
             await asyncio.sleep(self.max_wait_s)
             if self.pending:
                 await self.flush()

@@ -203,6 +203,7 @@ def test_micro_batcher_delivers_every_request_even_when_scoring_fails():
 
 def test_micro_batcher_timer_flushes_what_is_queued_and_stops_while_idle():
     import asyncio
+    import contextlib
     import time
 
     from online_models.recommender import CoVisitationRecommender
@@ -223,7 +224,8 @@ def test_micro_batcher_timer_flushes_what_is_queued_and_stops_while_idle():
     async def run():
         stop = False
         b = MicroBatcher(rec, deliver, max_batch=16, max_wait_s=0.02)
-        task = asyncio.create_task(b.run(lambda: stop, idle_check_s=0.05))
+        # A long idle check: only the wake-up on a request's arrival can flush it in time.
+        task = asyncio.create_task(b.run(lambda: stop, idle_check_s=30.0))
         await asyncio.sleep(0.1)  # idle: nothing to flush
         assert b.batches == 0
         b.add(RecRequest("u0", ["a"], event_id="e0"), "t0")  # a lone request is not stranded
@@ -233,9 +235,15 @@ def test_micro_batcher_timer_flushes_what_is_queued_and_stops_while_idle():
         await until(lambda: len(delivered) == 4, "queued requests delivered")
         assert delivered == ["t0", "t1", "t2", "t3"]
         assert b.batches == 2
-        await asyncio.sleep(0.1)  # idle again
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        idle = MicroBatcher(rec, deliver, max_batch=16, max_wait_s=0.02)
+        task = asyncio.create_task(idle.run(lambda: stop, idle_check_s=0.05))
+        await asyncio.sleep(0.1)
         stop = True
         await asyncio.wait_for(task, 2.0)  # the idle wait notices should_stop
+        assert idle.batches == 0
         await rec.close()
 
     asyncio.run(run())
