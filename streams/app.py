@@ -204,6 +204,30 @@ class ModelWatcherService(Service):
         await self.runtime.recommender.close()
 
 
+def bound_consumer_long_poll(app: faust.App, wait_ms: int) -> bool:
+    """Set the Faust consumer's fetch wait limit (``fetch_max_wait_ms``); False if not started yet.
+
+    faust-streaming gives its aiokafka consumer 1,500 ms and no setting for it.
+    aiokafka keeps one fetch in flight per broker and leaves out of it any
+    partition whose fetched records are still unconsumed after 100 ms; when
+    every busy partition was left out (the agent fell behind for a moment),
+    the fetch in flight covers only quiet topics and returns after the whole
+    limit, while records wait in the busy ones. A burst of that many seconds of
+    records then takes long enough to consume that the next fetch leaves them
+    out again: in ``benchmarks/recs_latency.py`` runs, lists came ~1.3 s late
+    for the whole run. With the limit at ``wait_ms`` such a wait is that long
+    at most; while records flow, fetches return with them and the limit costs
+    nothing, and an idle worker pays ``1000 / wait_ms`` empty fetches a second.
+    aiokafka reads the limit from its fetcher each time it builds a request.
+    """
+    thread = getattr(app.consumer, "_thread", None)
+    fetcher = getattr(getattr(thread, "_consumer", None), "_fetcher", None)
+    if fetcher is None or not hasattr(fetcher, "_fetch_max_wait_ms"):
+        return False
+    fetcher._fetch_max_wait_ms = wait_ms
+    return True
+
+
 class LoopWatchService(Service):
     """Runs :class:`ops.loopwatch.LoopWatch` for the worker's lifetime."""
 
@@ -593,6 +617,15 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         publish=publish,
     )
     app.shopstream = runtime  # type: ignore[attr-defined]
+
+    @app.task
+    async def _bound_long_poll() -> None:
+        for _ in range(600):  # the consumer thread starts its aiokafka consumer with the app
+            if bound_consumer_long_poll(app, settings.consumer_fetch_wait_ms):
+                app.log.info("consumer fetches wait at most %d ms", settings.consumer_fetch_wait_ms)
+                return
+            await asyncio.sleep(0.1)
+        app.log.warning("consumer fetch limit not set: faust's aiokafka consumer has no fetcher")
 
     flusher = FeatureFlusher(runtime)
     app.service(flusher)  # type: ignore[arg-type]

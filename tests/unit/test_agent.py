@@ -52,3 +52,29 @@ async def test_agent_recommends_and_dead_letters(tmp_path):
     assert [d.reason for d in letters] == ["malformed_json", "unknown_event_type"]
     assert letters[0].original == b'{"type":"click"'
     assert rt.features.pending[("user", "u1")].incr["n_events"] == 4
+
+
+async def test_consumer_long_poll_bound_reaches_the_fetcher_of_fausts_aiokafka_consumer(tmp_path):
+    """faust-streaming fixes its consumer's fetch wait at 1.5 s; the worker lowers it on the fetcher."""
+    import inspect
+    from types import SimpleNamespace
+
+    from aiokafka.consumer.fetcher import Fetcher
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from streams.app import bound_consumer_long_poll
+
+    settings = Settings.from_env({}, data_dir=tmp_path / "d", lake_dir=tmp_path / "lake")
+    assert settings.consumer_fetch_wait_ms == 100
+    app = create_app(settings, worker_name="unit")
+    app.finalize()
+    # The path it follows exists in the pinned faust-streaming: the consumer's thread ...
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+    assert isinstance(thread, AIOKafkaConsumerThread)
+    assert not bound_consumer_long_poll(app, 100)  # not started: no aiokafka consumer yet
+    # ... and the pinned aiokafka builds every fetch request from the attribute it sets.
+    assert "self._fetch_max_wait_ms" in inspect.getsource(Fetcher._get_actions_per_node)
+    fetcher = SimpleNamespace(_fetch_max_wait_ms=1500)
+    thread._consumer = SimpleNamespace(_fetcher=fetcher)
+    assert bound_consumer_long_poll(app, 100)
+    assert fetcher._fetch_max_wait_ms == 100
