@@ -515,22 +515,19 @@ class MicroBatcher:
                 await self.deliver(rec, token)
             return len(batch)
 
-    async def run(self, should_stop: Callable[[], bool], idle_check_s: float = 1.0) -> None:
-        """Flush whatever waits, every ``max_wait_s``, until ``should_stop()``.
+    async def run(self, should_stop: Callable[[], bool]) -> None:
+        """Flush whatever waits, every ``max_wait_s``, until ``should_stop()`` or cancellation.
 
         While requests flow this is a ``max_wait_s`` timer, so a request waits
-        half of it on average. With nothing queued it sleeps until a request
-        arrives (checking ``should_stop`` every ``idle_check_s``) instead of
-        waking every ``max_wait_s``: a 2 ms timer cost an idle worker 500
-        wake-ups a second.
+        half of it on average. With nothing queued it waits for the next
+        request instead of waking every ``max_wait_s`` (a 2 ms timer cost an
+        idle worker 500 wake-ups a second); the service running it cancels it
+        when the worker stops.
         """
         while not should_stop():
             if not self.pending:
-                try:
-                    await asyncio.wait_for(self._queued.wait(), idle_check_s)
-                except TimeoutError:
-                    continue
-                self._queued.clear()
+                self._queued.clear()  # any earlier arrival has been flushed
+                await self._queued.wait()
             await asyncio.sleep(self.max_wait_s)
             if self.pending:
                 await self.flush()

@@ -81,10 +81,10 @@ class Settings:
     #: Producer linger, seconds: batches outputs into fewer requests
     #: (benchmarks/pipeline.py: 5 ms gave +16% throughput at a p99 of ~33 ms).
     producer_linger_s: float = 0.005
-    #: Longest a fetch of the Faust consumer (every agent's input) waits on the broker, ms.
-    #: faust-streaming builds its aiokafka consumer with 1,500 ms. aiokafka skips a partition
-    #: whose fetched records are still unconsumed after 100 ms and keeps one fetch in flight per
-    #: broker, so a busy partition can be left waiting on a long poll over quiet ones.
+    #: Longest a fetch of the Faust consumer (every agent's input) waits on the broker, ms
+    #: (1-1500). faust-streaming builds its aiokafka consumer with 1,500 ms. aiokafka keeps one
+    #: fetch in flight per broker and leaves out of it partitions whose records are not yet
+    #: consumed, so a busy partition can be left waiting on a long poll over quiet ones.
     consumer_fetch_wait_ms: int = 100
     #: A worker whose table recovery makes no progress for this long exits and is
     #: restarted by its supervisor (works around a faust-streaming recovery hang).

@@ -204,28 +204,35 @@ class ModelWatcherService(Service):
         await self.runtime.recommender.close()
 
 
-def bound_consumer_long_poll(app: faust.App, wait_ms: int) -> bool:
-    """Set the Faust consumer's fetch wait limit (``fetch_max_wait_ms``); False if not started yet.
+def bound_consumer_long_poll(app: faust.App, wait_ms: int) -> None:
+    """Give the agents' aiokafka consumer a fetch wait limit (``fetch_max_wait_ms``) of ``wait_ms``.
 
-    faust-streaming gives its aiokafka consumer 1,500 ms and no setting for it.
-    aiokafka keeps one fetch in flight per broker and leaves out of it any
-    partition whose fetched records are still unconsumed after 100 ms; when
-    every busy partition was left out (the agent fell behind for a moment),
-    the fetch in flight covers only quiet topics and returns after the whole
-    limit, while records wait in the busy ones. A burst of that many seconds of
-    records then takes long enough to consume that the next fetch leaves them
-    out again: in ``benchmarks/recs_latency.py`` runs, lists came ~1.3 s late
-    for the whole run. With the limit at ``wait_ms`` such a wait is that long
-    at most; while records flow, fetches return with them and the limit costs
-    nothing, and an idle worker pays ``1000 / wait_ms`` empty fetches a second.
-    aiokafka reads the limit from its fetcher each time it builds a request.
+    faust-streaming builds that consumer, in its consumer thread, with 1,500 ms
+    and no setting for it. aiokafka keeps one fetch in flight per broker and
+    never puts a partition whose fetched records are not yet consumed into a
+    fetch; when the agent falls behind for a moment, the fetch it sends covers
+    only the other (quiet) topics, and the busy partitions wait until it
+    returns, after the whole limit if the quiet topics stay quiet. In
+    ``benchmarks/recs_latency.py`` runs at 1,000 clicks/s, lists then fell
+    seconds behind (README, Recommendations → Latency). While records flow a
+    fetch returns with them, so a lower limit costs nothing; an idle worker
+    makes ``1000 / wait_ms`` empty fetches a second.
+
+    The limit is set on each consumer the thread creates (table recovery
+    included): ``AIOKafkaConsumer.start()`` hands it to its fetcher.
     """
-    thread = getattr(app.consumer, "_thread", None)
-    fetcher = getattr(getattr(thread, "_consumer", None), "_fetcher", None)
-    if fetcher is None or not hasattr(fetcher, "_fetch_max_wait_ms"):
-        return False
-    fetcher._fetch_max_wait_ms = wait_ms
-    return True
+    if not 1 <= wait_ms <= 1500:
+        raise ValueError(f"SHOPSTREAM_CONSUMER_FETCH_WAIT_MS={wait_ms}: expected 1-1500 ms")
+    thread = app.consumer._thread  # type: ignore[attr-defined]
+    create = thread._create_worker_consumer
+
+    def create_bounded(transport: Any) -> Any:
+        consumer = create(transport)
+        consumer._fetch_max_wait_ms = wait_ms
+        app.log.info("agents' consumer: fetches wait at most %d ms", wait_ms)
+        return consumer
+
+    thread._create_worker_consumer = create_bounded
 
 
 class LoopWatchService(Service):
@@ -617,15 +624,6 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         publish=publish,
     )
     app.shopstream = runtime  # type: ignore[attr-defined]
-
-    @app.task
-    async def _bound_long_poll() -> None:
-        for _ in range(600):  # the consumer thread starts its aiokafka consumer with the app
-            if bound_consumer_long_poll(app, settings.consumer_fetch_wait_ms):
-                app.log.info("consumer fetches wait at most %d ms", settings.consumer_fetch_wait_ms)
-                return
-            await asyncio.sleep(0.1)
-        app.log.warning("consumer fetch limit not set: faust's aiokafka consumer has no fetcher")
 
     flusher = FeatureFlusher(runtime)
     app.service(flusher)  # type: ignore[arg-type]
@@ -1073,6 +1071,7 @@ def run_worker(settings: Settings, worker_name: str | None = None) -> None:
     asyncio.run(ensure_topics(settings))
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = create_app(settings, worker_name)
+    bound_consumer_long_poll(app, settings.consumer_fetch_wait_ms)
     from faust.worker import Worker
 
     worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)

@@ -54,13 +54,12 @@ async def test_agent_recommends_and_dead_letters(tmp_path):
     assert rt.features.pending[("user", "u1")].incr["n_events"] == 4
 
 
-async def test_consumer_long_poll_bound_reaches_the_fetcher_of_fausts_aiokafka_consumer(tmp_path):
-    """faust-streaming fixes its consumer's fetch wait at 1.5 s; the worker lowers it on the fetcher."""
+async def test_consumer_long_poll_bound_reaches_the_consumer_fausts_thread_creates(tmp_path):
+    """faust-streaming fixes its consumer's fetch wait at 1.5 s; the worker lowers it where it is built."""
     import inspect
-    from types import SimpleNamespace
 
-    from aiokafka.consumer.fetcher import Fetcher
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+    import pytest
+    from aiokafka import AIOKafkaConsumer
 
     from streams.app import bound_consumer_long_poll
 
@@ -68,13 +67,18 @@ async def test_consumer_long_poll_bound_reaches_the_fetcher_of_fausts_aiokafka_c
     assert settings.consumer_fetch_wait_ms == 100
     app = create_app(settings, worker_name="unit")
     app.finalize()
-    # The path it follows exists in the pinned faust-streaming: the consumer's thread ...
     thread = app.consumer._thread  # type: ignore[attr-defined]
-    assert isinstance(thread, AIOKafkaConsumerThread)
-    assert not bound_consumer_long_poll(app, 100)  # not started: no aiokafka consumer yet
-    # ... and the pinned aiokafka builds every fetch request from the attribute it sets.
-    assert "self._fetch_max_wait_ms" in inspect.getsource(Fetcher._get_actions_per_node)
-    fetcher = SimpleNamespace(_fetch_max_wait_ms=1500)
-    thread._consumer = SimpleNamespace(_fetcher=fetcher)
-    assert bound_consumer_long_poll(app, 100)
-    assert fetcher._fetch_max_wait_ms == 100
+    plain = thread._create_worker_consumer(thread.transport)  # what faust-streaming builds
+    assert plain._fetch_max_wait_ms == 1500
+    await plain.stop()
+    bound_consumer_long_poll(app, settings.consumer_fetch_wait_ms)
+    # The consumer thread builds every consumer it starts (table recovery too) through this method.
+    assert "self._create_worker_consumer(transport)" in inspect.getsource(type(thread)._create_consumer)
+    consumer = thread._create_worker_consumer(thread.transport)
+    assert isinstance(consumer, AIOKafkaConsumer)
+    assert consumer._fetch_max_wait_ms == 100
+    await consumer.stop()
+    # ... and the pinned aiokafka gives that limit to the fetcher it creates on start().
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(AIOKafkaConsumer.start)
+    with pytest.raises(ValueError, match="CONSUMER_FETCH_WAIT_MS"):
+        bound_consumer_long_poll(app, 0)

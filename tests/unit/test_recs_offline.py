@@ -201,7 +201,7 @@ def test_micro_batcher_delivers_every_request_even_when_scoring_fails():
     assert delivered == [(f"u{n}", f"t{n}") for n in range(5)]
 
 
-def test_micro_batcher_timer_flushes_what_is_queued_and_stops_while_idle():
+def test_micro_batcher_timer_flushes_what_is_queued_and_sleeps_while_idle(monkeypatch):
     import asyncio
     import contextlib
     import time
@@ -211,6 +211,16 @@ def test_micro_batcher_timer_flushes_what_is_queued_and_stops_while_idle():
 
     rec = Recommender(CoVisitationRecommender(seed=0), "redis://127.0.0.1:1/0")  # no model: online lists
     delivered: list[str] = []
+    wait_s = 0.0123  # the batcher's timer, told apart from this test's own sleeps
+    ticks: list[float] = []
+    sleep = asyncio.sleep
+
+    async def counting_sleep(delay, *args, **kwargs):
+        if delay == wait_s:
+            ticks.append(delay)
+        return await sleep(delay, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "sleep", counting_sleep)
 
     async def deliver(r, token):
         delivered.append(token)
@@ -219,15 +229,13 @@ def test_micro_batcher_timer_flushes_what_is_queued_and_stops_while_idle():
         deadline = time.monotonic() + 5
         while not cond():
             assert time.monotonic() < deadline, what
-            await asyncio.sleep(0.005)
+            await sleep(0.005)
 
     async def run():
-        stop = False
-        b = MicroBatcher(rec, deliver, max_batch=16, max_wait_s=0.02)
-        # A long idle check: only the wake-up on a request's arrival can flush it in time.
-        task = asyncio.create_task(b.run(lambda: stop, idle_check_s=30.0))
-        await asyncio.sleep(0.1)  # idle: nothing to flush
-        assert b.batches == 0
+        b = MicroBatcher(rec, deliver, max_batch=16, max_wait_s=wait_s)
+        task = asyncio.create_task(b.run(lambda: False))
+        await sleep(0.1)  # idle: no timer ticks (a 12 ms timer would have ticked ~8 times)
+        assert ticks == [] and b.batches == 0
         b.add(RecRequest("u0", ["a"], event_id="e0"), "t0")  # a lone request is not stranded
         await until(lambda: delivered == ["t0"], "lone request delivered")
         for n in (1, 2, 3):  # requests queued together go out as one batch
@@ -235,15 +243,14 @@ def test_micro_batcher_timer_flushes_what_is_queued_and_stops_while_idle():
         await until(lambda: len(delivered) == 4, "queued requests delivered")
         assert delivered == ["t0", "t1", "t2", "t3"]
         assert b.batches == 2
-        task.cancel()
+        await sleep(0.1)
+        busy_ticks = len(ticks)
+        await sleep(0.1)  # idle again
+        assert len(ticks) == busy_ticks
+        task.cancel()  # how the worker stops it
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        idle = MicroBatcher(rec, deliver, max_batch=16, max_wait_s=0.02)
-        task = asyncio.create_task(idle.run(lambda: stop, idle_check_s=0.05))
-        await asyncio.sleep(0.1)
-        stop = True
-        await asyncio.wait_for(task, 2.0)  # the idle wait notices should_stop
-        assert idle.batches == 0
+        assert task.cancelled()
         await rec.close()
 
     asyncio.run(run())
