@@ -70,6 +70,12 @@ from streams.bid_consumer import BidRequestConsumer, request_id
 from streams.care_crm import care_crm_agents
 from streams.dlq import DeadLetterSink, Publish
 from streams.partitioning import MemoPartitioner
+from streams.tables import (
+    ChangelogCollector,
+    ChangelogFlusher,
+    CoalescingTable,
+    flush_changelogs_with_producer,
+)
 
 
 @dataclass
@@ -566,9 +572,13 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         value_serializer="json",
         processing_guarantee="at_least_once",
         table_cleanup_interval=60.0,
+        # Changelog records coalesce per key until the next commit (streams/tables.py).
+        Table=CoalescingTable,
     )
+    flush_changelogs_with_producer(app)
     topics = Topics(settings.topic_prefix)
     metrics = Metrics()
+    metrics.registry.register(ChangelogCollector(app))
     store = RedisFeatureStore(settings.redis_url, settings.redis_prefix)
     features = FeatureWriter(store, ttl_s=settings.feature_ttl_s)
 
@@ -627,6 +637,7 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
 
     flusher = FeatureFlusher(runtime)
     app.service(flusher)  # type: ignore[arg-type]
+    app.service(ChangelogFlusher(app, settings.commit_interval_s))  # type: ignore[arg-type]
     app.service(ModelWatcherService(runtime, settings.model_poll_s))  # type: ignore[arg-type]
     app.service(OpsService(app, runtime))  # type: ignore[arg-type]
     app.service(LoopWatchService(runtime))  # type: ignore[arg-type]
