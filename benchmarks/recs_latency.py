@@ -167,6 +167,9 @@ async def topic_phase(
             await producer.send(clicks_topic, value=value, key=key)
         await producer.flush()
         await collector.wait_for([e for e, _, _ in warm], "topic warm-up")
+        # Past the worker's first commits too: the first appends to its fresh changelog
+        # partitions cost the broker ~100 ms, which a long-running worker never pays.
+        await asyncio.sleep(2 * settings.commit_interval_s + 0.5)
         log(f"topic: offering clicks at {rate:,.0f}/s for {seconds:.0f}s")
         cpu0, t0 = cpu_seconds(worker_pid), time.perf_counter()
         sent, sent_wall, span = await produce_paced(producer, clicks_topic, source, rate, seconds)
