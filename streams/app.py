@@ -72,7 +72,6 @@ from streams.dlq import DeadLetterSink, Publish
 from streams.partitioning import MemoPartitioner
 from streams.tables import (
     ChangelogCollector,
-    ChangelogFlusher,
     CoalescingTable,
     flush_changelogs_with_producer,
 )
@@ -637,7 +636,6 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
 
     flusher = FeatureFlusher(runtime)
     app.service(flusher)  # type: ignore[arg-type]
-    app.service(ChangelogFlusher(app, settings.commit_interval_s))  # type: ignore[arg-type]
     app.service(ModelWatcherService(runtime, settings.model_poll_s))  # type: ignore[arg-type]
     app.service(OpsService(app, runtime))  # type: ignore[arg-type]
     app.service(LoopWatchService(runtime))  # type: ignore[arg-type]
