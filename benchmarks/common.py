@@ -12,6 +12,7 @@ from the value, never typed by hand.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import json
 import math
@@ -208,6 +209,16 @@ def cpu_seconds(pid: int | None) -> float:
     except (OSError, ValueError):
         children = []
     return own + sum(cpu_seconds(c) for c in children)
+
+
+async def settle_past_first_commits(commit_interval_s: float) -> None:
+    """Wait two commit intervals after a warm-up, so the worker's first commits are behind us.
+
+    The first appends to a fresh topic's partitions (the worker's changelogs,
+    written at its commits) cost the broker ~100 ms, which a long-running
+    worker never pays.
+    """
+    await asyncio.sleep(2 * commit_interval_s + 0.5)
 
 
 def _json_default(obj: Any) -> Any:

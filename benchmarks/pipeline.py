@@ -36,7 +36,14 @@ from typing import Any
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from benchmarks.common import cpu_seconds, parse_args, percentiles, target, write_results
+from benchmarks.common import (
+    cpu_seconds,
+    parse_args,
+    percentiles,
+    settle_past_first_commits,
+    target,
+    write_results,
+)
 from schemas.events import CLICK_CODEC, RECOMMENDATION_CODEC
 from shopstream.procs import WorkerProcess, metric_value
 from shopstream.services import Kafka, Redis, free_port
@@ -412,9 +419,7 @@ async def measure(
             raise RuntimeError(
                 f"warm-up got only {got}/{n_warm} recommendations; worker log:\n{worker.tail_log()}"
             )
-        # Past the worker's first commits too: the first appends to its fresh changelog
-        # partitions cost the broker ~100 ms, which a long-running worker never pays.
-        await asyncio.sleep(2 * settings.commit_interval_s + 0.5)
+        await settle_past_first_commits(settings.commit_interval_s)
 
         # 2. latency at a fixed offered rate
         rate, dur = float(cfg["rate"]), float(cfg["latency_s"])

@@ -35,7 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import cpu_seconds, parse_args, percentiles, target, write_results
+from benchmarks.common import (
+    cpu_seconds,
+    parse_args,
+    percentiles,
+    settle_past_first_commits,
+    target,
+    write_results,
+)
 from benchmarks.pipeline import ClickSource, Collector, decompose, produce_paced
 from benchmarks.stack import local_stack
 from shopstream.procs import WorkerProcess, metric_value
@@ -167,9 +174,7 @@ async def topic_phase(
             await producer.send(clicks_topic, value=value, key=key)
         await producer.flush()
         await collector.wait_for([e for e, _, _ in warm], "topic warm-up")
-        # Past the worker's first commits too: the first appends to its fresh changelog
-        # partitions cost the broker ~100 ms, which a long-running worker never pays.
-        await asyncio.sleep(2 * settings.commit_interval_s + 0.5)
+        await settle_past_first_commits(settings.commit_interval_s)
         log(f"topic: offering clicks at {rate:,.0f}/s for {seconds:.0f}s")
         cpu0, t0 = cpu_seconds(worker_pid), time.perf_counter()
         sent, sent_wall, span = await produce_paced(producer, clicks_topic, source, rate, seconds)
