@@ -135,19 +135,15 @@ class CoalescingTable(faust.Table):  # type: ignore[misc]
             name = topic.get_topic_name()
             producer = self.app.producer
             ks, vs = self.key_serializer, self.value_serializer
-            done = self._on_written
             sent = self._sent
-            items = iter(dirty.items())
             n = 0
             try:
-                for key, (partition, value) in items:
+                for key, (partition, value) in dirty.items():
                     k, _ = topic.prepare_key(key, ks)
                     v = None if value is _DELETED else topic.prepare_value(value, vs)[0]
                     fut: asyncio.Future = await producer.send(name, k, v, partition, None, None)  # type: ignore[assignment]
-                    fut.add_done_callback(done)
                     sent.append((fut, key, partition))
                     n += 1
-                    self.changelog_writes += 1
                     if n % yield_every == 0:
                         await asyncio.sleep(0)
             except BaseException:
@@ -157,18 +153,17 @@ class CoalescingTable(faust.Table):  # type: ignore[misc]
                 self._dirty = dict(itertools.islice(dirty.items(), n, None))
                 self._dirty.update(restore)
                 raise
+            finally:
+                self.changelog_writes += n
             return n
 
-    def _on_written(self, fut: asyncio.Future) -> None:
-        if not fut.cancelled() and fut.exception() is None:
-            md = fut.result()
-            self.data.set_persisted_offset(TP(md.topic, md.partition), md.offset)
+    def check_delivered(self) -> int:
+        """Settle the records written since the last check; returns how many failed.
 
-    def undelivered(self) -> int:
-        """Check the records written since the last check: count the failed ones and mark their keys dirty.
-
-        A failed key is written again, with its value as it is now, by the
-        next write. Records still in flight are kept for the next check.
+        A delivered record moves the partition's persisted offset (kept by
+        stores that persist, such as RocksDB). A failed record's key is marked
+        dirty again, and the next write sends its value as it is then. Records
+        still in flight are kept for the next check.
         """
         failed: list[BaseException | None] = []
         pending = []
@@ -181,7 +176,10 @@ class CoalescingTable(faust.Table):  # type: ignore[misc]
                 failed.append(None if fut.cancelled() else fut.exception())
                 if key not in dirty:
                     dirty[key] = (partition, data.get(key, _DELETED))
-        self._sent = pending
+            else:
+                md = fut.result()
+                data.set_persisted_offset(TP(md.topic, md.partition), md.offset)
+        self._sent[:] = pending  # in place: a write in progress appends to this list
         if failed:
             self.write_errors += len(failed)
             self.log.error("%d changelog record(s) not delivered (first: %r)", len(failed), failed[0])
@@ -222,7 +220,7 @@ def flush_changelogs_with_producer(app: faust.App) -> None:
     async def flush_tables_then_producer() -> None:
         await write_all(app)
         await flush()
-        failed = sum(t.undelivered() for t in _coalescing(app))
+        failed = sum(t.check_delivered() for t in _coalescing(app))
         if failed:
             raise ChangelogWriteError(f"{failed} changelog record(s) were not delivered; not committing")
 
