@@ -86,6 +86,10 @@ class Settings:
     #: fetch in flight per broker and leaves out of it partitions whose records are not yet
     #: consumed, so a busy partition can be left waiting on a long poll over quiet ones.
     consumer_fetch_wait_ms: int = 100
+    #: BLAS threads of the worker (numpy's OpenBLAS). A worker is sized to one core, as its
+    #: onnxruntime sessions are: OpenBLAS's default of one thread per core put half of each
+    #: retrieval product of the recommender on another core (the broker's, on a small machine).
+    blas_threads: int = 1
     #: A worker whose table recovery makes no progress for this long exits and is
     #: restarted by its supervisor (works around a faust-streaming recovery hang).
     recovery_stall_s: float = 60.0

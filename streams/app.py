@@ -1072,10 +1072,26 @@ async def ensure_topics(settings: Settings) -> list[str]:
     return await create_topics(settings.kafka_bootstrap, wanted, settings.replication)
 
 
+def limit_blas_threads(n: int) -> None:
+    """Let numpy's BLAS use at most ``n`` threads in this process (``threadpoolctl``).
+
+    A worker is sized to one core. OpenBLAS, left to its default, starts a
+    thread per core and splits every product above a small size between them;
+    the recommender's retrieval product (items x dim, once per list) then
+    waits for a thread on another core, and the worker uses two cores.
+    """
+    if n < 1:
+        raise ValueError(f"SHOPSTREAM_BLAS_THREADS={n}: expected at least 1")
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n, user_api="blas")
+
+
 def run_worker(settings: Settings, worker_name: str | None = None) -> None:
     """Run one worker in the foreground until SIGINT/SIGTERM."""
     import uvloop
 
+    limit_blas_threads(settings.blas_threads)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(ensure_topics(settings))
     asyncio.set_event_loop(asyncio.new_event_loop())

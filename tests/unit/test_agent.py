@@ -82,3 +82,25 @@ async def test_consumer_long_poll_bound_reaches_the_consumer_fausts_thread_creat
     assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(AIOKafkaConsumer.start)
     with pytest.raises(ValueError, match="CONSUMER_FETCH_WAIT_MS"):
         bound_consumer_long_poll(app, 0)
+
+
+def test_worker_blas_thread_limit() -> None:
+    # In a child process: the limit is process-wide. Every BLAS loaded (numpy's, scipy's) obeys it.
+    import subprocess
+    import sys
+
+    code = (
+        "import threadpoolctl, numpy\n"
+        "from streams.app import limit_blas_threads\n"
+        "def n():\n"
+        "    info = threadpoolctl.threadpool_info()\n"
+        "    return sorted({i['num_threads'] for i in info if i['user_api'] == 'blas'})\n"
+        "limit_blas_threads(3); a = n()\n"
+        "limit_blas_threads(1); print(a, n())\n"
+        "try:\n    limit_blas_threads(0)\nexcept ValueError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    first, error = out.splitlines()
+    assert first == "[3] [1]"
+    assert "SHOPSTREAM_BLAS_THREADS=0" in error
+    assert Settings.from_env({}).blas_threads == 1
