@@ -50,6 +50,7 @@ import asyncio
 import itertools
 import json
 import logging
+import operator
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -155,9 +156,12 @@ class LoadedModel:
 
     def query(self, user_id: str, recent: Sequence[str]) -> np.ndarray | None:
         """The retrieval vector of a user: trained embedding and/or fold-in of the recent items."""
+        return self.user_query(user_id, self.fold_in(recent))
+
+    def user_query(self, user_id: str, folded: np.ndarray | None) -> np.ndarray | None:
+        """:meth:`query` from a fold-in already computed (None: no recent item known to the model)."""
         row = self.user_index.get(user_id)
         trained = self.user_vecs[row] if row is not None else None
-        folded = self.fold_in(recent)
         if trained is None:
             return folded
         return trained if folded is None else 0.5 * (trained + folded)
@@ -165,10 +169,11 @@ class LoadedModel:
     def neighbours(self, query: np.ndarray, n: int, skip: set[str]) -> list[str]:
         """The ``n`` items whose retrieval score for the user vector ``query`` is highest."""
         scores = self.retrieval @ query
-        take = min(len(scores), n + len(skip))
-        top = np.argpartition(-scores, take - 1)[:take]
+        size = len(scores)
+        take = min(size, n + len(skip))
+        top = np.argpartition(scores, size - take)[size - take :]
         top = top[np.argsort(-scores[top])]
-        out = [self.item_ids[j] for j in top.tolist() if self.item_ids[j] not in skip]
+        out = [i for i in map(self.item_ids.__getitem__, top.tolist()) if i not in skip]
         return out[:n]
 
     def most_similar(self, items: Sequence[str], recent: Sequence[str]) -> list[str | None]:
@@ -183,8 +188,7 @@ class LoadedModel:
         return [known[b] if i in index else None for i, b in zip(items, best, strict=True)]
 
 
-def _negated_score(row: tuple[float, str, str, str | None]) -> float:
-    return -row[0]
+_score = operator.itemgetter(0)
 
 
 #: Candidates of one request: item id -> (online-model score, reason code), best source first.
@@ -210,6 +214,7 @@ class _Plan:
     cands: Candidates
     keys: list[str]
     args: list[str]
+    folded: np.ndarray | None = None  # the model's fold-in of the recent items
 
 
 @dataclass(slots=True)
@@ -272,6 +277,17 @@ class Recommender:
         self, user_id: str, recent: Sequence[str], skip: set[str], model: LoadedModel | None
     ) -> Candidates:
         """Candidate items with their online score and reason, best source first (see module docstring)."""
+        folded = model.fold_in(recent) if model is not None else None
+        return self._candidates(user_id, recent, skip, model, folded)
+
+    def _candidates(
+        self,
+        user_id: str,
+        recent: Sequence[str],
+        skip: set[str],
+        model: LoadedModel | None,
+        folded: np.ndarray | None,
+    ) -> Candidates:
         online = self.online
         scores, source = online.covis_scores(recent, skip)
         covis = list(scores)
@@ -279,7 +295,7 @@ class Recommender:
             # Best first, ties in their original order (as heapq.nlargest would).
             covis = sorted(covis, key=scores.__getitem__, reverse=True)[: self.n_covis]
         out: Candidates = {item: (scores[item], f"together_with:{source[item]}") for item in covis}
-        query = model.query(user_id, recent) if model is not None else None
+        query = model.user_query(user_id, folded) if model is not None else None
         if model is not None and query is not None:
             near = model.neighbours(query, self.n_neighbours, skip | out.keys())
             for item, src in zip(near, model.most_similar(near, recent[-5:]), strict=True):
@@ -357,11 +373,12 @@ class Recommender:
 
     def _plan(self, req: RecRequest, model: LoadedModel) -> _Plan:
         skip = set(req.recent[-2 * self.online.window :])
-        cands = self.candidates(req.user_id, req.recent, skip, model)
+        folded = model.fold_in(req.recent)
+        cands = self._candidates(req.user_id, req.recent, skip, model, folded)
         p = self.prefix
         keys = [f"{p}vec:{model.tag}:u:{req.user_id}", f"{p}user:{req.user_id}"]
         args = [f"{p}vec:{model.tag}:i:", f"{p}item:", "\n".join(cands)]
-        return _Plan(req, cands, keys, args)
+        return _Plan(req, cands, keys, args, folded)
 
     async def _fetch_all(self, plans: list[_Plan], model: LoadedModel) -> list[list[Any]]:
         """Run the fetch script for every plan in one pipelined round trip."""
@@ -386,7 +403,7 @@ class Recommender:
         if user_raw and len(user_raw) == 4 * model.dim:
             user_vec: np.ndarray | None = np.frombuffer(user_raw, dtype=np.float32)
         else:
-            user_vec = model.fold_in(plan.req.recent)
+            user_vec = plan.folded
         kept: list[tuple[str, float, str, str | None]] = []
         vecs: list[bytes] = []
         known: list[int] = []
@@ -411,23 +428,26 @@ class Recommender:
     def _rank(self, p: _Parsed, model: LoadedModel) -> Recommendation:
         # The model's probability by index into p.kept; items it cannot score rank below
         # those it can, by their online score.
-        probs = p.probs.tolist() if p.probs is not None else []
-        by_row = dict(zip(p.known, probs, strict=True)) if probs else {}
-        floor = min(probs) if probs else 0.0
+        by_row: list[float | None] = [None] * len(p.kept)
+        floor = 0.0
+        if p.probs is not None:
+            probs = p.probs.tolist()
+            for j, prob in zip(p.known, probs, strict=True):
+                by_row[j] = prob
+            floor = min(probs, default=0.0)
         boosts = self.boosts
         w = self.online_weight
         ranked: list[tuple[float, str, str, str | None]] = []
-        for j, (item, online, reason, cat) in enumerate(p.kept):
-            s = by_row.get(j)
+        for (item, online, reason, cat), s in zip(p.kept, by_row, strict=True):
             if s is None:
-                s = floor * min(online, 1.0) * 0.99
+                s = floor * (online if online < 1.0 else 1.0) * 0.99
             elif reason == "popular":
                 reason = "for_you"
             s += w * online
             if boosts:
                 s *= boosts.get(("item", item), 1.0) * (boosts.get(("category", cat), 1.0) if cat else 1.0)
             ranked.append((s, item, reason, cat))
-        ranked.sort(key=_negated_score)
+        ranked.sort(key=_score, reverse=True)  # stable: ties keep their candidate order
         req = p.req
         top = _diversify(ranked, req.k or self.k, self.max_per_category)
         items = [RecItem(item_id=i, score=round(s, 6), reason=r) for s, i, r, _ in top]
@@ -465,12 +485,21 @@ def _diversify(
 class MicroBatcher:
     """Computes recommendation requests in small batches: one Redis round trip and one model call each.
 
-    ``add`` queues a request with an opaque ``token``; a batch is computed when
-    it holds ``max_batch`` requests (the caller then awaits :meth:`flush`) or
+    ``add`` queues a request with an opaque ``token``; a batch is started when
+    it holds ``max_batch`` requests (the caller then awaits :meth:`submit`) or
     when the oldest request has waited ``max_wait_s`` (:meth:`run`'s timer).
-    ``deliver(recommendation, token)`` is awaited for each result, in order;
-    the stream acknowledges the event there, after its output is handed to
-    the producer, so batching never commits an offset whose output is not out.
+    Up to ``max_in_flight`` batches run at once, so the worker goes on with
+    the next events (and the next batch's candidates) while a batch waits for
+    its Redis round trip; with one at a time, the agent sat idle through every
+    round trip of a full batch. ``deliver(recommendation, token)`` is awaited
+    for each result, batch after batch in the order they were started; the
+    stream acknowledges the event there, after its output is handed to the
+    producer, so batching never commits an offset whose output is not out.
+
+    A delivery that raises stops the deliveries of the batches already
+    started after it (their events stay unacknowledged) and is raised again
+    by the next :meth:`submit` or :meth:`flush`; batches started after that
+    deliver again.
     """
 
     def __init__(
@@ -479,13 +508,18 @@ class MicroBatcher:
         deliver: Callable[[Recommendation, Any], Awaitable[None]],
         max_batch: int = 64,
         max_wait_s: float = 0.002,
+        max_in_flight: int = 2,
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight={max_in_flight}: expected at least 1")
         self.recommender = recommender
         self.deliver = deliver
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.pending: list[tuple[RecRequest, Any]] = []
-        self._lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._tail: asyncio.Task | None = None  # the batch started last; it finishes after those before it
+        self._failed: BaseException | None = None
         self._queued = asyncio.Event()  # set when a request joins an empty queue
         self.batches = 0
 
@@ -498,25 +532,59 @@ class MicroBatcher:
     def full(self) -> bool:
         return len(self.pending) >= self.max_batch
 
+    async def submit(self) -> int:
+        """Start computing everything queued (after a slot frees up); returns how many."""
+        self._raise_failure()
+        await self._slots.acquire()
+        batch, self.pending = self.pending, []  # taken after the wait: as large as it got meanwhile
+        if not batch:
+            self._slots.release()
+            return 0
+        self._tail = asyncio.ensure_future(self._compute_and_deliver(batch, self._tail))
+        return len(batch)
+
     async def flush(self) -> int:
-        """Compute and deliver everything queued; returns how many."""
-        async with self._lock:
-            batch, self.pending = self.pending, []
-            if not batch:
-                return 0
+        """Compute and deliver everything queued, and wait for the batches in flight; returns how many."""
+        n = await self.submit()
+        if self._tail is not None:
+            await asyncio.wait([self._tail])
+        self._raise_failure()
+        return n
+
+    def _raise_failure(self) -> None:
+        failed, self._failed = self._failed, None
+        if failed is not None:
+            self._tail = None  # raised once: the batches started from now on deliver again
+            raise failed
+
+    async def _compute_and_deliver(
+        self, batch: list[tuple[RecRequest, Any]], before: asyncio.Task | None
+    ) -> bool:
+        """Compute ``batch``, then deliver it after the batch ``before`` it; False if a delivery failed."""
+        try:
             reqs = [req for req, _ in batch]
             try:
                 recs = await self.recommender.recommend_many(reqs)
             except Exception as exc:  # never strand a batch: its events stay unacked until delivered
                 log.error("batch of %d lists failed (%r); serving them from the online model", len(reqs), exc)
                 recs = [self.recommender._online_only(r) for r in reqs]
+            if before is not None:
+                await asyncio.wait([before])  # deliveries keep the order the batches started in
+                if before.cancelled() or not before.result():
+                    return False  # deliver nothing after a failed delivery (it is recorded)
             self.batches += 1
             for rec, (_, token) in zip(recs, batch, strict=True):
                 await self.deliver(rec, token)
-            return len(batch)
+            return True
+        except Exception as exc:
+            log.error("delivering a batch of %d lists failed: %r", len(batch), exc)
+            self._failed = exc
+            return False
+        finally:
+            self._slots.release()
 
     async def run(self, should_stop: Callable[[], bool]) -> None:
-        """Flush whatever waits, every ``max_wait_s``, until ``should_stop()`` or cancellation.
+        """Start whatever waits, every ``max_wait_s``, until ``should_stop()`` or cancellation.
 
         While requests flow this is a ``max_wait_s`` timer, so a request waits
         half of it on average. With nothing queued it waits for the next
@@ -526,11 +594,14 @@ class MicroBatcher:
         """
         while not should_stop():
             if not self.pending:
-                self._queued.clear()  # any earlier arrival has been flushed
+                self._queued.clear()  # any earlier arrival has been taken
                 await self._queued.wait()
             await asyncio.sleep(self.max_wait_s)
             if self.pending:
-                await self.flush()
+                try:
+                    await self.submit()
+                except Exception:  # a failed delivery, logged where it failed: the timer goes on
+                    continue
 
 
 class ModelWatcher:

@@ -107,7 +107,8 @@ class Settings:
     recs_redis_timeout_s: float = 0.05
     #: Topic path: lists are computed in micro-batches of at most this many events
     #: (benchmarks/recs_latency.py at 1,000 events/s: 32 gave p50 19 ms, 16 gave 16-21 ms, 8 16 ms;
-    #: 4 could not keep up: each batch has a fixed cost, and the agent waits for its Redis round trip)...
+    #: 4 could not keep up: each batch has a fixed cost; then the agent still waited for each batch's
+    #: Redis round trip, and two batches may now be in flight)...
     recs_batch_max: int = 16
     #: ... or after the oldest has waited this long, seconds.
     recs_batch_wait_s: float = 0.002

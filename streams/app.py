@@ -718,7 +718,7 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
             else:
                 batcher.add(RecRequest(user, new_recent, None, ev.event_id, ev.ts), (noack, event))
                 if batcher.full:
-                    await batcher.flush()
+                    await batcher.submit()
             proc_time.observe(time.perf_counter() - t0)
             if runtime.features.full:
                 await flusher.flush_once()

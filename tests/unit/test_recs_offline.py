@@ -276,3 +276,99 @@ def test_a_reply_that_does_not_match_the_candidates_gives_no_features_rather_tha
     exact = [vec, b"", vec, b"Books", b"0", vec, b"Toys", b"1"]  # b is out of stock
     p = rec._parse(plan, exact, model)  # type: ignore[arg-type]
     assert p.known == [0] and [k[0] for k in p.kept] == ["a"] and p.kept[0][3] == "Books"
+
+
+class _GatedRecommender:
+    """recommend_many waits for its batch's gate (a Redis round trip the test controls)."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.gates: list[asyncio.Event] = []
+        self.started: list[list[str]] = []
+
+    async def recommend_many(self, reqs):  # type: ignore[no-untyped-def]
+        import asyncio
+
+        from serving.clickstream import recommendation
+
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        self.started.append([r.user_id for r in reqs])
+        await gate.wait()
+        return [recommendation(r.user_id, [], "gated", r.event_id) for r in reqs]
+
+
+def test_micro_batcher_overlaps_round_trips_and_delivers_in_order():
+    import asyncio
+
+    from serving.recs import MicroBatcher, RecRequest
+
+    rec = _GatedRecommender()
+    delivered: list[str] = []
+
+    async def deliver(r, token):
+        delivered.append(token)
+
+    async def run():
+        b = MicroBatcher(rec, deliver, max_batch=2, max_in_flight=2)  # type: ignore[arg-type]
+        for n in range(2):
+            b.add(RecRequest(f"u{n}", ["a"]), f"t{n}")
+        assert await b.submit() == 2  # returns while the batch waits on its round trip
+        for n in (2, 3):
+            b.add(RecRequest(f"u{n}", ["a"]), f"t{n}")
+        assert await b.submit() == 2  # a second batch starts meanwhile
+        await asyncio.sleep(0)
+        assert rec.started == [["u0", "u1"], ["u2", "u3"]] and delivered == []
+        b.add(RecRequest("u4", ["a"]), "t4")
+        third = asyncio.create_task(b.submit())  # no slot: both are in flight
+        await asyncio.sleep(0.01)
+        assert not third.done() and b.pending
+        rec.gates[1].set()  # the later batch's answer comes first ...
+        await asyncio.sleep(0.01)
+        assert delivered == [] and not third.done()  # ... but waits for the one before it
+        rec.gates[0].set()
+        assert await third == 1
+        rec.gates[2].set()
+        assert await b.flush() == 0
+        assert delivered == ["t0", "t1", "t2", "t3", "t4"] and b.batches == 3
+
+    asyncio.run(run())
+
+
+def test_micro_batcher_stops_delivering_after_a_failed_delivery_and_raises_it():
+    import asyncio
+
+    import pytest
+
+    from serving.recs import MicroBatcher, RecRequest
+
+    rec = _GatedRecommender()
+    delivered: list[str] = []
+
+    async def deliver(r, token):
+        if token == "t1":
+            raise RuntimeError("producer closed")
+        delivered.append(token)
+
+    async def run():
+        b = MicroBatcher(rec, deliver, max_batch=2, max_in_flight=2)  # type: ignore[arg-type]
+        b.add(RecRequest("u0", ["a"]), "t0")
+        b.add(RecRequest("u1", ["a"]), "t1")
+        await b.submit()
+        b.add(RecRequest("u2", ["a"]), "t2")
+        await b.submit()
+        await asyncio.sleep(0)
+        rec.gates[1].set()
+        rec.gates[0].set()
+        with pytest.raises(RuntimeError, match="producer closed"):
+            await b.flush()
+        assert delivered == ["t0"]  # t1 failed; the batch after it delivered nothing (t2 stays unacked)
+        b.add(RecRequest("u3", ["a"]), "t3")  # the failure was raised once; the batcher goes on
+        await b.submit()
+        await asyncio.sleep(0)
+        rec.gates[2].set()
+        await b.flush()
+        assert delivered == ["t0", "t3"]
+
+    asyncio.run(run())
