@@ -496,7 +496,8 @@ class MicroBatcher:
     stream acknowledges the event there, after its output is handed to the
     producer, so batching never commits an offset whose output is not out.
 
-    A delivery that raises stops the deliveries of the batches already
+    A delivery that raises (or a batch whose lists cannot be computed even
+    by the online fallback) stops the deliveries of the batches already
     started after it (their events stay unacknowledged) and is raised again
     by the next :meth:`submit` or :meth:`flush`; batches started after that
     deliver again.
@@ -544,12 +545,20 @@ class MicroBatcher:
         return len(batch)
 
     async def flush(self) -> int:
-        """Compute and deliver everything queued, and wait for the batches in flight; returns how many."""
+        """Compute and deliver everything queued, and wait for every batch in flight; returns how many.
+
+        A recorded delivery failure is raised, before the queue is touched if
+        it happened earlier (the queued events then stay unacknowledged).
+        """
+        await self._wait_tail()
         n = await self.submit()
-        if self._tail is not None:
-            await asyncio.wait([self._tail])
+        await self._wait_tail()
         self._raise_failure()
         return n
+
+    async def _wait_tail(self) -> None:
+        if self._tail is not None:
+            await asyncio.wait([self._tail])
 
     def _raise_failure(self) -> None:
         failed, self._failed = self._failed, None
@@ -557,27 +566,41 @@ class MicroBatcher:
             self._tail = None  # raised once: the batches started from now on deliver again
             raise failed
 
+    async def _compute(self, reqs: list[RecRequest]) -> list[Recommendation]:
+        try:
+            return await self.recommender.recommend_many(reqs)
+        except Exception as exc:  # never strand a batch: its events stay unacked until delivered
+            log.error("batch of %d lists failed (%r); serving them from the online model", len(reqs), exc)
+            return [self.recommender._online_only(r) for r in reqs]
+
     async def _compute_and_deliver(
         self, batch: list[tuple[RecRequest, Any]], before: asyncio.Task | None
     ) -> bool:
-        """Compute ``batch``, then deliver it after the batch ``before`` it; False if a delivery failed."""
+        """Compute ``batch``, then deliver it after the batch ``before`` it; False if a delivery failed.
+
+        Whatever happens, it returns only after ``before`` has: a batch that
+        ends early must not let the one after it overtake the one before it.
+        """
         try:
-            reqs = [req for req, _ in batch]
+            computing: list[Recommendation] | BaseException
             try:
-                recs = await self.recommender.recommend_many(reqs)
-            except Exception as exc:  # never strand a batch: its events stay unacked until delivered
-                log.error("batch of %d lists failed (%r); serving them from the online model", len(reqs), exc)
-                recs = [self.recommender._online_only(r) for r in reqs]
+                computing = await self._compute([req for req, _ in batch])
+            except Exception as exc:  # the online fallback failed too
+                computing = exc
             if before is not None:
                 await asyncio.wait([before])  # deliveries keep the order the batches started in
-                if before.cancelled() or not before.result():
+                if before.cancelled():
+                    raise RuntimeError("an earlier batch of lists was cancelled before its delivery")
+                if not before.result():
                     return False  # deliver nothing after a failed delivery (it is recorded)
+            if isinstance(computing, BaseException):
+                raise computing
             self.batches += 1
-            for rec, (_, token) in zip(recs, batch, strict=True):
+            for rec, (_, token) in zip(computing, batch, strict=True):
                 await self.deliver(rec, token)
             return True
         except Exception as exc:
-            log.error("delivering a batch of %d lists failed: %r", len(batch), exc)
+            log.error("a batch of %d lists was not delivered: %r", len(batch), exc)
             self._failed = exc
             return False
         finally:
@@ -590,7 +613,9 @@ class MicroBatcher:
         half of it on average. With nothing queued it waits for the next
         request instead of waking every ``max_wait_s`` (a 2 ms timer cost an
         idle worker 500 wake-ups a second); the service running it cancels it
-        when the worker stops.
+        when the worker stops. A failed delivery is raised here, and crashes
+        the service running the timer (mode's ``Service.crash``), as it did
+        when batches ran one at a time.
         """
         while not should_stop():
             if not self.pending:
@@ -598,10 +623,7 @@ class MicroBatcher:
                 await self._queued.wait()
             await asyncio.sleep(self.max_wait_s)
             if self.pending:
-                try:
-                    await self.submit()
-                except Exception:  # a failed delivery, logged where it failed: the timer goes on
-                    continue
+                await self.submit()
 
 
 class ModelWatcher:

@@ -205,8 +205,10 @@ class ModelWatcherService(Service):
         await self.runtime.batcher.run(lambda: self.should_stop)
 
     async def on_stop(self) -> None:
-        await self.runtime.batcher.flush()
-        await self.runtime.recommender.close()
+        try:
+            await self.runtime.batcher.flush()
+        finally:
+            await self.runtime.recommender.close()
 
 
 def bound_consumer_long_poll(app: faust.App, wait_ms: int) -> None:

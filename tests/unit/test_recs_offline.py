@@ -286,6 +286,7 @@ class _GatedRecommender:
 
         self.gates: list[asyncio.Event] = []
         self.started: list[list[str]] = []
+        self.failing_users: set[str] = set()  # a batch with one of them fails once its gate opens
 
     async def recommend_many(self, reqs):  # type: ignore[no-untyped-def]
         import asyncio
@@ -296,7 +297,12 @@ class _GatedRecommender:
         self.gates.append(gate)
         self.started.append([r.user_id for r in reqs])
         await gate.wait()
+        if any(r.user_id in self.failing_users for r in reqs):
+            raise RuntimeError("model call failed")
         return [recommendation(r.user_id, [], "gated", r.event_id) for r in reqs]
+
+    def _online_only(self, req):  # type: ignore[no-untyped-def]
+        raise RuntimeError("no online fallback either")
 
 
 def test_micro_batcher_overlaps_round_trips_and_delivers_in_order():
@@ -370,5 +376,48 @@ def test_micro_batcher_stops_delivering_after_a_failed_delivery_and_raises_it():
         rec.gates[2].set()
         await b.flush()
         assert delivered == ["t0", "t3"]
+
+    asyncio.run(run())
+
+
+def test_micro_batcher_keeps_order_when_a_batch_cannot_be_computed_and_its_timer_raises_failures():
+    import asyncio
+
+    import pytest
+
+    from serving.recs import MicroBatcher, RecRequest
+
+    rec = _GatedRecommender()
+    rec.failing_users = {"bad"}
+    delivered: list[str] = []
+
+    async def deliver(r, token):
+        delivered.append(token)
+
+    async def run():
+        b = MicroBatcher(rec, deliver, max_batch=1, max_in_flight=2, max_wait_s=0.001)  # type: ignore[arg-type]
+        b.add(RecRequest("u", ["a"]), "older")
+        await b.submit()
+        b.add(RecRequest("bad", ["a"]), "bad")
+        await b.submit()
+        await asyncio.sleep(0)
+        rec.gates[1].set()  # the second batch fails, and so does its fallback ...
+        await asyncio.sleep(0.01)
+        assert b._tail is not None and not b._tail.done()  # ... but it ends after the first one
+        rec.gates[0].set()
+        with pytest.raises(RuntimeError, match="no online fallback"):
+            await b.flush()
+        assert delivered == ["older"]
+        # A failure met by the timer is raised there (the service running it crashes), not swallowed.
+        timer = asyncio.create_task(b.run(lambda: False))
+        b.add(RecRequest("bad", ["a"]), "bad again")
+        while len(rec.gates) < 3:
+            await asyncio.sleep(0.001)
+        rec.gates[2].set()
+        await asyncio.sleep(0.01)
+        b.add(RecRequest("u", ["a"]), "newer")
+        with pytest.raises(RuntimeError, match="no online fallback"):
+            await asyncio.wait_for(timer, 1.0)
+        assert delivered == ["older"]
 
     asyncio.run(run())
