@@ -70,6 +70,7 @@ from streams.bid_consumer import BidRequestConsumer, request_id
 from streams.care_crm import care_crm_agents
 from streams.dlq import DeadLetterSink, Publish
 from streams.handover import hand_over_without_task_per_record
+from streams.linger import BacklogLinger, producer_accumulator
 from streams.partitioning import MemoPartitioner
 from streams.tables import (
     ChangelogCollector,
@@ -661,6 +662,14 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
     in_orders = metrics.events_in.labels(topic=topics.orders)
     out_recs = metrics.events_out.labels(topic=topics.recommendations)
     proc_time = metrics.processing.labels(agent="recommend")
+    # Longer producer batches while the agent is behind (streams/linger.py).
+    behind_s = settings.producer_linger_behind_s
+    linger = (
+        BacklogLinger(lambda: producer_accumulator(app), settings.producer_linger_s, behind_s)
+        if behind_s > settings.producer_linger_s
+        else None
+    )
+    runtime.extra["producer_linger"] = linger
     order_time = metrics.processing.labels(agent="recommend_orders")
 
     async def publish_recs(user: str, recent: list[str], event_id: str, source_ts: float) -> None:
@@ -696,8 +705,11 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         noack: Any = stream.noack()  # type: ignore[attr-defined]
         batcher = runtime.batcher
         quality = runtime.quality
+        backlog = noack.channel.queue.qsize
         async for event in noack.events():
             t0 = time.perf_counter()
+            if linger is not None:
+                linger.observe(backlog())
             message = event.message
             in_clicks.inc()
             ev = await runtime.dlq.decode(click_codec, message)

@@ -1,0 +1,82 @@
+"""The producer linger that grows while the worker is behind (streams/linger.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import TopicPartition
+
+from streams.linger import BacklogLinger
+
+
+def batch_linger_after(depths: list[int]) -> tuple[list[float], int]:
+    """The linger of a batch aiokafka creates after each observed backlog, and the switches made."""
+
+    async def run() -> tuple[list[float], int]:
+        producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", linger_ms=5)
+        acc = producer._message_accumulator
+        linger = BacklogLinger(lambda: acc, linger_s=0.005, behind_s=0.02, high=100, low=10)
+        seen = []
+        for i, depth in enumerate(depths):
+            linger.observe(depth)
+            batch = acc._append_batch(acc.create_builder(), TopicPartition("recs", i))
+            seen.append(batch._linger_time)
+        for batches in acc._batches.values():
+            for b in batches:
+                b.done_noack()
+        return seen, linger.switches
+
+    return asyncio.run(run())
+
+
+def test_batches_linger_longer_only_while_the_backlog_is_high() -> None:
+    seen, switches = batch_linger_after([0, 50, 99, 100, 500, 50, 11, 10, 0, 99, 100])
+    assert seen == [0.005, 0.005, 0.005, 0.02, 0.02, 0.02, 0.02, 0.005, 0.005, 0.005, 0.02]
+    assert switches == 3
+
+
+def test_the_accumulator_is_looked_up_once_and_only_when_needed() -> None:
+    calls = []
+
+    class Acc:
+        _linger_time = 0.005
+
+    def lookup() -> Acc:
+        calls.append(1)
+        return acc
+
+    acc = Acc()
+    linger = BacklogLinger(lookup, linger_s=0.005, behind_s=0.02, high=2, low=1)
+    linger.observe(0)
+    assert calls == []  # no switch, no lookup: the producer may not be started yet
+    for depth in (5, 0, 5, 0):
+        linger.observe(depth)
+    assert len(calls) == 1 and linger.switches == 4 and acc._linger_time == 0.005
+
+
+def test_nothing_switches_until_the_producer_exists() -> None:
+    class Acc:
+        _linger_time = 0.005
+
+    box: list[Acc | None] = [None]
+    linger = BacklogLinger(lambda: box[0], 0.005, 0.02, high=2, low=1)
+    assert linger.observe(5) is False and linger.switches == 0
+    acc = box[0] = Acc()
+    assert linger.observe(5) is True and linger.switches == 1 and acc._linger_time == 0.02
+
+
+def test_an_accumulator_without_a_linger_is_refused() -> None:
+    linger = BacklogLinger(lambda: object(), linger_s=0.005, behind_s=0.02, high=2, low=1)
+    with pytest.raises(RuntimeError, match="_linger_time"):
+        linger.observe(5)
+
+
+@pytest.mark.parametrize(
+    ("linger_s", "behind_s", "high", "low", "match"),
+    [(0.02, 0.005, 256, 32, "shorter"), (0.005, 0.02, 32, 32, "low < high"), (0.005, 0.02, 10, -1, "low")],
+)
+def test_bad_settings_are_refused(linger_s: float, behind_s: float, high: int, low: int, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        BacklogLinger(lambda: None, linger_s=linger_s, behind_s=behind_s, high=high, low=low)
