@@ -69,7 +69,6 @@ from streams.archive import LakeArchiver
 from streams.bid_consumer import BidRequestConsumer, request_id
 from streams.care_crm import care_crm_agents
 from streams.dlq import DeadLetterSink, Publish
-from streams.handover import hand_over_without_task_per_record
 from streams.linger import BacklogLinger, producer_accumulator
 from streams.partitioning import MemoPartitioner
 from streams.tables import (
@@ -1112,7 +1111,6 @@ def run_worker(settings: Settings, worker_name: str | None = None) -> None:
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = create_app(settings, worker_name)
     bound_consumer_long_poll(app, settings.consumer_fetch_wait_ms)
-    hand_over_without_task_per_record(app)
     from faust.worker import Worker
 
     worker = Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
