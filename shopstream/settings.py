@@ -84,7 +84,7 @@ class Settings:
     #: Producer linger while the clickstream agent is behind (256 or more fetched events wait
     #: in its buffer; back to ``producer_linger_s`` at 32 or fewer), seconds (streams/linger.py).
     #: Fewer, fuller produce requests when latency is already queueing; equal to
-    #: ``producer_linger_s`` to turn it off.
+    #: ``producer_linger_s`` to turn it off (shorter is refused).
     producer_linger_behind_s: float = 0.02
     #: Longest a fetch of the Faust consumer (every agent's input) waits on the broker, ms
     #: (1-1500). faust-streaming builds its aiokafka consumer with 1,500 ms. aiokafka keeps one

@@ -69,7 +69,7 @@ from streams.archive import LakeArchiver
 from streams.bid_consumer import BidRequestConsumer, request_id
 from streams.care_crm import care_crm_agents
 from streams.dlq import DeadLetterSink, Publish
-from streams.linger import BacklogLinger, producer_accumulator
+from streams.linger import backlog_linger
 from streams.partitioning import MemoPartitioner
 from streams.tables import (
     ChangelogCollector,
@@ -662,12 +662,7 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
     out_recs = metrics.events_out.labels(topic=topics.recommendations)
     proc_time = metrics.processing.labels(agent="recommend")
     # Longer producer batches while the agent is behind (streams/linger.py).
-    behind_s = settings.producer_linger_behind_s
-    linger = (
-        BacklogLinger(lambda: producer_accumulator(app), settings.producer_linger_s, behind_s)
-        if behind_s > settings.producer_linger_s
-        else None
-    )
+    linger = backlog_linger(app, settings)
     runtime.extra["producer_linger"] = linger
     order_time = metrics.processing.labels(agent="recommend_orders")
 

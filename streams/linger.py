@@ -13,7 +13,8 @@ wait in its stream's buffer, and while that backlog is at least ``high`` events
 (the worker is behind, and each event already waits for the ones before it),
 new batches linger ``behind_s``; once it falls to ``low`` or fewer, they
 linger ``linger_s`` again. The thresholds are apart so that the linger does not
-flip with every fetch.
+flip with every fetch. A worker that keeps up switches only on a burst of
+fetched records (at start-up with a lag, after a rebalance).
 
 Measured on this project's 2-core machine (``benchmarks/pipeline.py --quick``,
 a fixed 20 ms linger against the default 5 ms, two alternated runs each):
@@ -44,7 +45,11 @@ class BacklogLinger:
 
     ``accumulator`` returns aiokafka's ``MessageAccumulator``, or None while
     the producer is not started (nothing switches then); its ``_linger_time``
-    (seconds) is what each new batch copies.
+    (seconds) is what each new batch copies. The linger is the producer's, so
+    it applies to everything the worker produces while it is behind (lists,
+    changelogs, dead letters, other agents' outputs). Give both lingers in
+    whole milliseconds: aiokafka keeps ``linger_ms``, and switching back
+    writes ``linger_s`` as given.
     """
 
     def __init__(
@@ -66,7 +71,6 @@ class BacklogLinger:
         self.low = low
         self.behind = False
         self.switches = 0
-        self._acc: Any = None
 
     def observe(self, backlog: int) -> bool:
         """Note the number of events waiting; return whether batches now linger ``behind_s``."""
@@ -78,17 +82,32 @@ class BacklogLinger:
         return self.behind
 
     def _set(self, behind: bool) -> None:
-        acc = self._acc
+        # Looked up on every switch (rare): a restarted producer has a new accumulator.
+        acc = self._accumulator()
         if acc is None:
-            acc = self._accumulator()
-            if acc is None:
-                return
-            if not isinstance(getattr(acc, "_linger_time", None), float):
-                raise RuntimeError("aiokafka's MessageAccumulator has no _linger_time: update BacklogLinger")
-            self._acc = acc
+            return
+        if not isinstance(getattr(acc, "_linger_time", None), float):
+            raise RuntimeError("aiokafka's MessageAccumulator has no _linger_time: update BacklogLinger")
         acc._linger_time = self.behind_s if behind else self.linger_s
         self.behind = behind
         self.switches += 1
+
+
+def backlog_linger(app: Any, settings: Any) -> BacklogLinger | None:
+    """The worker's :class:`BacklogLinger` from ``settings`` (None when turned off).
+
+    Off when ``producer_linger_behind_s`` equals ``producer_linger_s``; a
+    shorter linger while behind is refused.
+    """
+    linger_s, behind_s = settings.producer_linger_s, settings.producer_linger_behind_s
+    if behind_s == linger_s:
+        return None
+    if behind_s < linger_s:
+        raise ValueError(
+            f"SHOPSTREAM_PRODUCER_LINGER_BEHIND_S={behind_s} is shorter than "
+            f"SHOPSTREAM_PRODUCER_LINGER_S={linger_s}: set it equal to turn it off"
+        )
+    return BacklogLinger(lambda: producer_accumulator(app), linger_s, behind_s)
 
 
 def producer_accumulator(app: Any) -> Any:

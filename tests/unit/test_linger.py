@@ -8,7 +8,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
-from streams.linger import BacklogLinger
+from shopstream.settings import Settings
+from streams.linger import BacklogLinger, backlog_linger, producer_accumulator
 
 
 def batch_linger_after(depths: list[int]) -> tuple[list[float], int]:
@@ -26,6 +27,7 @@ def batch_linger_after(depths: list[int]) -> tuple[list[float], int]:
         for batches in acc._batches.values():
             for b in batches:
                 b.done_noack()
+        await producer.stop()
         return seen, linger.switches
 
     return asyncio.run(run())
@@ -37,23 +39,29 @@ def test_batches_linger_longer_only_while_the_backlog_is_high() -> None:
     assert switches == 3
 
 
-def test_the_accumulator_is_looked_up_once_and_only_when_needed() -> None:
-    calls = []
+def test_the_accumulator_is_looked_up_on_each_switch_only() -> None:
+    """A restarted producer has a new accumulator: each switch goes to the current one."""
 
     class Acc:
         _linger_time = 0.005
 
+    accs = [Acc(), Acc()]
+    current = [accs[0]]
+    calls = []
+
     def lookup() -> Acc:
         calls.append(1)
-        return acc
+        return current[0]
 
-    acc = Acc()
     linger = BacklogLinger(lookup, linger_s=0.005, behind_s=0.02, high=2, low=1)
     linger.observe(0)
     assert calls == []  # no switch, no lookup: the producer may not be started yet
-    for depth in (5, 0, 5, 0):
-        linger.observe(depth)
-    assert len(calls) == 1 and linger.switches == 4 and acc._linger_time == 0.005
+    linger.observe(5)
+    current[0] = accs[1]  # the producer restarted
+    linger.observe(0)
+    linger.observe(5)
+    assert len(calls) == 3 and linger.switches == 3
+    assert (accs[0]._linger_time, accs[1]._linger_time) == (0.02, 0.02)
 
 
 def test_nothing_switches_until_the_producer_exists() -> None:
@@ -80,3 +88,30 @@ def test_an_accumulator_without_a_linger_is_refused() -> None:
 def test_bad_settings_are_refused(linger_s: float, behind_s: float, high: int, low: int, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         BacklogLinger(lambda: None, linger_s=linger_s, behind_s=behind_s, high=high, low=low)
+
+
+def test_producer_accumulator_follows_the_faust_producer() -> None:
+    class App:
+        class producer:  # stands in for app.producer
+            _producer = None
+
+    app = App()
+    assert producer_accumulator(app) is None
+
+    async def started() -> object:
+        aio = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", linger_ms=5)
+        App.producer._producer = aio
+        try:
+            return producer_accumulator(app) is aio._message_accumulator
+        finally:
+            await aio.stop()
+
+    assert asyncio.run(started()) is True
+
+
+def test_settings_turn_it_on_off_or_are_refused() -> None:
+    on = backlog_linger(None, Settings.from_env({}))
+    assert on is not None and (on.linger_s, on.behind_s) == (0.005, 0.02)
+    assert backlog_linger(None, Settings.from_env({"SHOPSTREAM_PRODUCER_LINGER_BEHIND_S": "0.005"})) is None
+    with pytest.raises(ValueError, match=r"SHOPSTREAM_PRODUCER_LINGER_BEHIND_S=0\.001"):
+        backlog_linger(None, Settings.from_env({"SHOPSTREAM_PRODUCER_LINGER_BEHIND_S": "0.001"}))
