@@ -201,6 +201,9 @@ class Snapshot:
     #: Seconds spent in garbage collections, and their count, by generation.
     gc_sum: dict[str, float]
     gc_count: dict[str, float]
+    #: Switches of the producer linger (streams/linger.py), and its value now (seconds).
+    linger_switches: float
+    linger_s: float
 
 
 #: The garbage collector's generations, as labelled in ``shopstream_gc_pause_seconds``.
@@ -230,6 +233,8 @@ def snapshot(worker: WorkerProcess, kafka: Kafka, settings: Settings) -> Snapsho
         buckets=buckets,
         gc_sum={g: metric_value(text, GC_METRIC + "_sum", {"generation": g}) for g in GENS},
         gc_count={g: metric_value(text, GC_METRIC + "_count", {"generation": g}) for g in GENS},
+        linger_switches=metric_value(text, "shopstream_producer_linger_switches_total"),
+        linger_s=metric_value(text, "shopstream_producer_linger_seconds"),
     )
 
 
@@ -270,6 +275,8 @@ def profile(a: Snapshot, b: Snapshot, n: int) -> dict[str, Any]:
         if b.redis_count > a.redis_count
         else float("nan"),
         "recs_out": b.recs_out - a.recs_out,
+        "producer_linger_switches": b.linger_switches - a.linger_switches,
+        "producer_linger_s_at_start_and_end": [a.linger_s, b.linger_s],
         "gc_collections": {g: b.gc_count[g] - a.gc_count[g] for g in a.gc_count},
         "gc_ms": {g: round(1e3 * (b.gc_sum[g] - a.gc_sum[g]), 1) for g in a.gc_sum},
         "gc_share_of_worker_cpu": round(
@@ -568,6 +575,7 @@ def run(cfg: dict[str, float], keep_log: Path | None = None) -> tuple[dict[str, 
             notes = _worker_log_notes(wlog)
             res["settings"] = {
                 "producer_linger_s": settings.producer_linger_s,
+                "producer_linger_behind_s": settings.producer_linger_behind_s,
                 "archive": settings.archive,
                 "commit_interval_s": settings.commit_interval_s,
             }

@@ -49,6 +49,16 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.producer_linger = Gauge(
+            "shopstream_producer_linger_seconds",
+            "How long new producer batches wait to fill (longer while the clickstream agent is behind).",
+            registry=r,
+        )
+        self.producer_linger_switches = Counter(
+            "shopstream_producer_linger_switches",
+            "Switches of the producer linger between its normal and its while-behind value.",
+            registry=r,
+        )
         self.redis_seconds = Histogram(
             "shopstream_redis_seconds",
             "Redis round-trip time, by operation.",

@@ -81,8 +81,9 @@ class Settings:
     #: Producer linger, seconds: batches outputs into fewer requests
     #: (benchmarks/pipeline.py: 5 ms gave +16% throughput at a p99 of ~33 ms).
     producer_linger_s: float = 0.005
-    #: Producer linger while the clickstream agent is behind (256 or more fetched events wait
-    #: in its buffer; back to ``producer_linger_s`` at 32 or fewer), seconds (streams/linger.py).
+    #: Producer linger while the clickstream agent is behind (256 or more records wait behind an
+    #: event in its partition; back to ``producer_linger_s`` after 64 events in a row with 32 or
+    #: fewer), seconds (streams/linger.py).
     #: Fewer, fuller produce requests when latency is already queueing; equal to
     #: ``producer_linger_s`` to turn it off (shorter is refused).
     producer_linger_behind_s: float = 0.02

@@ -69,7 +69,7 @@ from streams.archive import LakeArchiver
 from streams.bid_consumer import BidRequestConsumer, request_id
 from streams.care_crm import care_crm_agents
 from streams.dlq import DeadLetterSink, Publish
-from streams.linger import backlog_linger
+from streams.linger import backlog_linger, partition_backlog
 from streams.partitioning import MemoPartitioner
 from streams.tables import (
     ChangelogCollector,
@@ -662,8 +662,17 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
     out_recs = metrics.events_out.labels(topic=topics.recommendations)
     proc_time = metrics.processing.labels(agent="recommend")
     # Longer producer batches while the agent is behind (streams/linger.py).
-    linger = backlog_linger(app, settings)
+    linger_now = metrics.producer_linger
+    linger_now.set(settings.producer_linger_s)
+
+    def linger_switched(seconds: float) -> None:
+        linger_now.set(seconds)
+        metrics.producer_linger_switches.inc()
+
+    linger = backlog_linger(app, settings, on_switch=linger_switched)
     runtime.extra["producer_linger"] = linger
+    # Records behind each event in its partition: the conductor keeps the agent's own buffer empty.
+    runtime.extra["partition_backlog"] = partition_backlog(app.consumer)
     order_time = metrics.processing.labels(agent="recommend_orders")
 
     async def publish_recs(user: str, recent: list[str], event_id: str, source_ts: float) -> None:
@@ -699,12 +708,12 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         noack: Any = stream.noack()  # type: ignore[attr-defined]
         batcher = runtime.batcher
         quality = runtime.quality
-        backlog = noack.channel.queue.qsize
+        behind = runtime.extra["partition_backlog"]
         async for event in noack.events():
             t0 = time.perf_counter()
-            if linger is not None:
-                linger.observe(backlog())
             message = event.message
+            if linger is not None:
+                linger.observe(behind(message))
             in_clicks.inc()
             ev = await runtime.dlq.decode(click_codec, message)
             if ev is None:

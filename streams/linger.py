@@ -8,13 +8,22 @@ one request per linger and round trip, each with few records. A long linger
 would cut those requests, but it is added to every output's latency while the
 worker keeps up.
 
-:class:`BacklogLinger` keeps both: the agent reports how many fetched events
-wait in its stream's buffer, and while that backlog is at least ``high`` events
-(the worker is behind, and each event already waits for the ones before it),
-new batches linger ``behind_s``; once it falls to ``low`` or fewer, they
-linger ``linger_s`` again. The thresholds are apart so that the linger does not
-flip with every fetch. A worker that keeps up switches only on a burst of
-fetched records (at start-up with a lag, after a rebalance).
+:class:`BacklogLinger` keeps both: the agent reports, for each event, how many
+records of its partition wait behind it (:func:`partition_backlog`: the
+partition's highwater from the last fetch minus the event's offset), and while
+that backlog is at least ``high`` records (the worker is behind, and each event
+already waits for the ones before it), new batches linger ``behind_s``; once
+it is ``low`` or fewer for ``calm`` events in a row, they linger ``linger_s``
+again. The thresholds are apart so that the linger does not flip with every
+fetch, and the streak keeps one drained partition from switching it back
+while others are behind (Faust hands over the partitions' records in turn).
+A worker that keeps up sees a few records behind each event at most.
+
+The agent's own stream buffer is not the signal: Faust's conductor hands each
+fetched record over and waits for it to be taken, so that buffer stays empty
+even when the worker is thousands of records behind (measured: never above 0
+in the throughput phase of ``benchmarks/pipeline.py``; the records wait in
+the consumer's fetched batches).
 
 Measured on this project's 2-core machine (``benchmarks/pipeline.py --quick``,
 a fixed 20 ms linger against the default 5 ms, two alternated runs each):
@@ -27,9 +36,9 @@ Examples
 >>> class Accumulator:
 ...     _linger_time = 0.005
 >>> acc = Accumulator()
->>> linger = BacklogLinger(lambda: acc, linger_s=0.005, behind_s=0.02, high=256, low=32)
->>> [(linger.observe(depth), acc._linger_time) for depth in (10, 300, 100, 32, 300)]
-[(False, 0.005), (True, 0.02), (True, 0.02), (False, 0.005), (True, 0.02)]
+>>> linger = BacklogLinger(lambda: acc, linger_s=0.005, behind_s=0.02, high=256, low=32, calm=2)
+>>> [(linger.observe(depth), acc._linger_time) for depth in (10, 300, 30, 100, 30, 20, 300)]
+[(False, 0.005), (True, 0.02), (True, 0.02), (True, 0.02), (True, 0.02), (False, 0.005), (True, 0.02)]
 >>> linger.switches
 3
 """
@@ -59,11 +68,15 @@ class BacklogLinger:
         behind_s: float,
         high: int = 256,
         low: int = 32,
+        on_switch: Callable[[float], None] | None = None,
+        calm: int = 64,
     ) -> None:
         if behind_s < linger_s:
             raise ValueError(f"linger while behind ({behind_s}s) is shorter than the linger ({linger_s}s)")
         if not 0 <= low < high:
             raise ValueError(f"backlog thresholds: expected 0 <= low < high, got low={low}, high={high}")
+        if calm < 1:
+            raise ValueError(f"calm streak: expected at least 1 event, got {calm}")
         self._accumulator = accumulator
         self.linger_s = linger_s
         self.behind_s = behind_s
@@ -71,13 +84,21 @@ class BacklogLinger:
         self.low = low
         self.behind = False
         self.switches = 0
+        self.on_switch = on_switch
+        self.calm = calm
+        self._calm_streak = 0
 
     def observe(self, backlog: int) -> bool:
-        """Note the number of events waiting; return whether batches now linger ``behind_s``."""
+        """Note the number of records waiting; return whether batches now linger ``behind_s``."""
         if self.behind:
-            if backlog <= self.low:
-                self._set(False)
+            if backlog > self.low:
+                self._calm_streak = 0
+            else:
+                self._calm_streak += 1
+                if self._calm_streak >= self.calm:
+                    self._set(False)
         elif backlog >= self.high:
+            self._calm_streak = 0
             self._set(True)
         return self.behind
 
@@ -88,16 +109,47 @@ class BacklogLinger:
             return
         if not isinstance(getattr(acc, "_linger_time", None), float):
             raise RuntimeError("aiokafka's MessageAccumulator has no _linger_time: update BacklogLinger")
-        acc._linger_time = self.behind_s if behind else self.linger_s
+        acc._linger_time = linger = self.behind_s if behind else self.linger_s
         self.behind = behind
         self.switches += 1
+        if self.on_switch is not None:
+            self.on_switch(linger)
 
 
-def backlog_linger(app: Any, settings: Any) -> BacklogLinger | None:
+def partition_backlog(consumer: Any) -> Callable[[Any], int]:
+    """``backlog(message)``: records of the message's partition after it, as far as ``consumer`` knows.
+
+    The count is the partition's highwater (the next offset, as of the last
+    fetch that included the partition) minus the message's offset, less one; so
+    it never counts records the broker has not yet reported, and it is 0 while
+    the highwater is unknown (no fetch yet, the partition being revoked, no
+    consumer running), when the signal is not needed.
+
+    >>> from types import SimpleNamespace as NS
+    >>> backlog = partition_backlog(NS(highwater=lambda tp: {"p0": 1000}[tp]))
+    >>> backlog(NS(tp="p0", offset=199)), backlog(NS(tp="p0", offset=999)), backlog(NS(tp="p1", offset=5))
+    (800, 0, 0)
+    """
+    highwater = consumer.highwater
+
+    def backlog(message: Any) -> int:
+        try:
+            hw = highwater(message.tp)
+        except Exception:  # unassigned (a rebalance), not started: no backlog known
+            return 0
+        return hw - message.offset - 1 if hw is not None and hw > message.offset else 0
+
+    return backlog
+
+
+def backlog_linger(
+    app: Any, settings: Any, on_switch: Callable[[float], None] | None = None
+) -> BacklogLinger | None:
     """The worker's :class:`BacklogLinger` from ``settings`` (None when turned off).
 
     Off when ``producer_linger_behind_s`` equals ``producer_linger_s``; a
-    shorter linger while behind is refused.
+    shorter linger while behind is refused. ``on_switch`` gets the new linger
+    (seconds) on every switch.
     """
     linger_s, behind_s = settings.producer_linger_s, settings.producer_linger_behind_s
     if behind_s == linger_s:
@@ -107,7 +159,7 @@ def backlog_linger(app: Any, settings: Any) -> BacklogLinger | None:
             f"SHOPSTREAM_PRODUCER_LINGER_BEHIND_S={behind_s} is shorter than "
             f"SHOPSTREAM_PRODUCER_LINGER_S={linger_s}: set it equal to turn it off"
         )
-    return BacklogLinger(lambda: producer_accumulator(app), linger_s, behind_s)
+    return BacklogLinger(lambda: producer_accumulator(app), linger_s, behind_s, on_switch=on_switch)
 
 
 def producer_accumulator(app: Any) -> Any:

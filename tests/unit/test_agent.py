@@ -35,6 +35,7 @@ async def test_agent_recommends_and_dead_letters(tmp_path):
     agent = rt.extra["recommend_agent"]
     observed: list[int] = []
     rt.extra["producer_linger"].observe = observed.append  # the agent's adaptive linger (streams/linger.py)
+    rt.extra["partition_backlog"] = lambda message: 1000 - message.offset
     enc = msgspec.json.Encoder()
     async with agent.test_context() as ctx:
         for n, item in enumerate(["a", "b", "a", "c"]):
@@ -50,7 +51,8 @@ async def test_agent_recommends_and_dead_letters(tmp_path):
     last = RECOMMENDATION_CODEC.decode(recs[-1][1])
     assert "c" not in {i.item_id for i in last.items}
     assert rt.extra["recent_items"]["u1"] == ["b", "a", "c"]
-    assert observed == [0] * 6  # every event, bad ones included, reports the agent's backlog
+    # Every event, bad ones included, reports the records behind it in its partition.
+    assert observed == [1000 - n for n in range(6)]
     letters = [DEAD_LETTER_CODEC.decode(v) for _, v in dlq]
     assert [d.reason for d in letters] == ["malformed_json", "unknown_event_type"]
     assert letters[0].original == b'{"type":"click"'

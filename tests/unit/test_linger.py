@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
 from shopstream.settings import Settings
-from streams.linger import BacklogLinger, backlog_linger, producer_accumulator
+from streams.linger import BacklogLinger, backlog_linger, partition_backlog, producer_accumulator
 
 
 def batch_linger_after(depths: list[int]) -> tuple[list[float], int]:
@@ -18,7 +18,7 @@ def batch_linger_after(depths: list[int]) -> tuple[list[float], int]:
     async def run() -> tuple[list[float], int]:
         producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", linger_ms=5)
         acc = producer._message_accumulator
-        linger = BacklogLinger(lambda: acc, linger_s=0.005, behind_s=0.02, high=100, low=10)
+        linger = BacklogLinger(lambda: acc, linger_s=0.005, behind_s=0.02, high=100, low=10, calm=2)
         seen = []
         for i, depth in enumerate(depths):
             linger.observe(depth)
@@ -35,8 +35,21 @@ def batch_linger_after(depths: list[int]) -> tuple[list[float], int]:
 
 def test_batches_linger_longer_only_while_the_backlog_is_high() -> None:
     seen, switches = batch_linger_after([0, 50, 99, 100, 500, 50, 11, 10, 0, 99, 100])
-    assert seen == [0.005, 0.005, 0.005, 0.02, 0.02, 0.02, 0.02, 0.005, 0.005, 0.005, 0.02]
+    assert seen == [0.005, 0.005, 0.005, 0.02, 0.02, 0.02, 0.02, 0.02, 0.005, 0.005, 0.02]
     assert switches == 3
+
+
+def test_it_switches_back_only_after_a_calm_streak() -> None:
+    """Records of a drained partition, between those of partitions still behind, keep the long linger."""
+
+    class Acc:
+        _linger_time = 0.005
+
+    linger = BacklogLinger(lambda: Acc, 0.005, 0.02, high=256, low=32, calm=3)
+    states = [linger.observe(d) for d in (300, 5, 400, 5, 5, 500, 5, 5, 5, 5)]
+    assert states == [True] * 8 + [False] * 2 and linger.switches == 2
+    with pytest.raises(ValueError, match="calm"):
+        BacklogLinger(lambda: Acc, 0.005, 0.02, calm=0)
 
 
 def test_the_accumulator_is_looked_up_on_each_switch_only() -> None:
@@ -53,7 +66,7 @@ def test_the_accumulator_is_looked_up_on_each_switch_only() -> None:
         calls.append(1)
         return current[0]
 
-    linger = BacklogLinger(lookup, linger_s=0.005, behind_s=0.02, high=2, low=1)
+    linger = BacklogLinger(lookup, linger_s=0.005, behind_s=0.02, high=2, low=1, calm=1)
     linger.observe(0)
     assert calls == []  # no switch, no lookup: the producer may not be started yet
     linger.observe(5)
@@ -115,3 +128,45 @@ def test_settings_turn_it_on_off_or_are_refused() -> None:
     assert backlog_linger(None, Settings.from_env({"SHOPSTREAM_PRODUCER_LINGER_BEHIND_S": "0.005"})) is None
     with pytest.raises(ValueError, match=r"SHOPSTREAM_PRODUCER_LINGER_BEHIND_S=0\.001"):
         backlog_linger(None, Settings.from_env({"SHOPSTREAM_PRODUCER_LINGER_BEHIND_S": "0.001"}))
+
+
+class Msg:
+    def __init__(self, tp: TopicPartition, offset: int) -> None:
+        self.tp, self.offset = tp, offset
+
+
+def test_partition_backlog_counts_the_records_after_the_event() -> None:
+    tp = TopicPartition("clicks", 3)
+    highwaters: dict[TopicPartition, int | None] = {tp: 5000}
+
+    class Consumer:
+        def highwater(self, tp: TopicPartition) -> int | None:
+            return highwaters[tp]  # KeyError for a partition it does not hold
+
+    backlog = partition_backlog(Consumer())
+    assert [backlog(Msg(tp, off)) for off in (0, 4000, 4998, 4999, 6000)] == [4999, 999, 1, 0, 0]
+    assert backlog(Msg(TopicPartition("clicks", 0), 10)) == 0  # not assigned: nothing known
+    highwaters[tp] = None  # assigned, never fetched
+    assert backlog(Msg(tp, 10)) == 0
+
+
+def test_partition_backlog_of_an_unstarted_aiokafka_consumer_is_zero() -> None:
+    async def run() -> int:
+        consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+        try:
+            return partition_backlog(consumer)(Msg(TopicPartition("clicks", 0), 7))
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(run()) == 0
+
+
+def test_each_switch_is_reported() -> None:
+    class Acc:
+        _linger_time = 0.005
+
+    seen: list[float] = []
+    linger = BacklogLinger(lambda: Acc, 0.005, 0.02, high=100, low=10, on_switch=seen.append, calm=1)
+    for depth in (0, 150, 50, 5, 5, 200):
+        linger.observe(depth)
+    assert seen == [0.02, 0.005, 0.02] and linger.switches == 3
