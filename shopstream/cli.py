@@ -288,7 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_replay)
 
     s = sub.add_parser("demo", help="services + worker + replay + live recommendations")
-    s.add_argument("--duration", type=float, default=0.0, help="seconds; 0 = until Ctrl-C")
+    s.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        help="seconds of streaming once the worker is ready; 0 = until Ctrl-C",
+    )
     s.add_argument("--rate", type=float, default=500.0)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--keep-services", action="store_true", help="leave Kafka and Redis running")

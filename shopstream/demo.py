@@ -239,7 +239,7 @@ def run_demo(
     settings = settings.with_(attribution_window_s=min(settings.attribution_window_s, 10.0))
     print(
         "== shopstream demo ==  (Ctrl-C to stop"
-        + (f"; stops after {duration:.0f}s" if duration else "")
+        + (f"; streams for {duration:.0f}s once the worker is ready" if duration else "")
         + ")"
     )
     kafka, redis = _services(settings, persistent=True)
@@ -274,7 +274,8 @@ def run_demo(
             exchange = ExchangeSimulator(settings, SyntheticShop(seed=seed), seed=seed, market_cpm=6.0)
 
             async def stopper() -> None:
-                while not stopping["flag"] and (not duration or time.monotonic() - t0 < duration):
+                # DURATION is the live part: start-up (services, models, worker) can take a minute or more.
+                while not stopping["flag"] and (not duration or time.monotonic() - started < duration):
                     if not worker.alive():
                         raise RuntimeError("the worker died; see " + str(log))
                     await asyncio.sleep(0.2)
