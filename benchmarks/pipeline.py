@@ -162,7 +162,8 @@ class Collector:
 
         The consumer task removes each id from ``missing`` as its recommendation
         arrives, so a wait costs this process (which shares the machine with the
-        worker) nothing per poll; rescanning 100,000 ids every 50 ms did.
+        worker) nothing per poll; rescanning 100,000 ids every 50 ms did. One
+        wait at a time: a second one replaces the set the first one watches.
         """
         received = self.received
         self.missing = missing = {i for i in ids if i not in received}

@@ -297,7 +297,7 @@ def run_demo(
         stats = asyncio.run(main())
         took = time.monotonic() - t0
         print(
-            f"== done in {took:.0f}s: {stats['events_in']:,.0f} clicks processed, "
+            f"== done in {took:.0f}s (set-up included): {stats['events_in']:,.0f} clicks processed, "
             f"{stats['recs']:,.0f} recommendations, {stats['dlq']:,.0f} dead letters; "
             f"{stats['bids']:,.0f} bids, {stats['wins']:,.0f} won, {stats['ad_clicks']:,.0f} ad clicks, "
             f"{stats['ad_spend']:.2f} EUR spent =="

@@ -243,6 +243,25 @@ def bound_consumer_long_poll(app: faust.App, wait_ms: int) -> None:
     thread._create_worker_consumer = create_bounded
 
 
+class LingerTicker(Service):
+    """Ticks the adaptive producer linger (streams/linger.py) every ``interval`` seconds.
+
+    A linger switched on by a burst goes back once no click came for a whole
+    interval, though the events that would show the backlog gone never came.
+    """
+
+    def __init__(self, linger: Any, interval: float = 0.5, **kwargs: Any) -> None:
+        self.linger = linger
+        self.interval = interval
+        super().__init__(**kwargs)
+
+    @Service.task
+    async def _tick(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.interval)
+            self.linger.tick()
+
+
 class LoopWatchService(Service):
     """Runs :class:`ops.loopwatch.LoopWatch` for the worker's lifetime."""
 
@@ -668,9 +687,16 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
     def linger_switched(seconds: float) -> None:
         linger_now.set(seconds)
         metrics.producer_linger_switches.inc()
+        app.log.info(
+            "producer linger now %.0f ms (clickstream %s)",
+            1e3 * seconds,
+            "behind" if seconds > settings.producer_linger_s else "caught up",
+        )
 
     linger = backlog_linger(app, settings, on_switch=linger_switched)
     runtime.extra["producer_linger"] = linger
+    if linger is not None:
+        app.service(LingerTicker(linger))  # type: ignore[arg-type]
     # Records behind each event in its partition: the conductor keeps the agent's own buffer empty.
     runtime.extra["partition_backlog"] = partition_backlog(app.consumer)
     order_time = metrics.processing.labels(agent="recommend_orders")

@@ -10,26 +10,31 @@ worker keeps up.
 
 :class:`BacklogLinger` keeps both: the agent reports, for each event, how many
 records of its partition wait behind it (:func:`partition_backlog`: the
-partition's highwater from the last fetch minus the event's offset), and while
-that backlog is at least ``high`` records (the worker is behind, and each event
-already waits for the ones before it), new batches linger ``behind_s``; once
-it is ``low`` or fewer for ``calm`` events in a row, they linger ``linger_s``
-again. The thresholds are apart so that the linger does not flip with every
-fetch, and the streak keeps one drained partition from switching it back
-while others are behind (Faust hands over the partitions' records in turn).
-A worker that keeps up sees a few records behind each event at most.
+partition's highwater from the last fetch, less the event's offset and one),
+and while that backlog is at least ``high`` records (the worker is behind, and
+each event already waits for the ones before it), new batches linger
+``behind_s``. They linger ``linger_s`` again once the backlog is ``low`` or
+fewer for ``calm`` events in a row, or once no event at all has come for a
+whole :meth:`~BacklogLinger.tick` interval (the worker caught up and its
+input went quiet, or the partitions that were behind were revoked). The
+thresholds are apart so that the linger does not flip with every fetch, and
+the streak keeps one drained partition from switching it back while others
+are behind (Faust hands over the partitions' records in turn). It also
+switches on a burst of fetched records while the worker keeps up (at start-up
+with a lag, after a rebalance).
 
-The agent's own stream buffer is not the signal: Faust's conductor hands each
-fetched record over and waits for it to be taken, so that buffer stays empty
-even when the worker is thousands of records behind (measured: never above 0
-in the throughput phase of ``benchmarks/pipeline.py``; the records wait in
-the consumer's fetched batches).
+The agent's own stream buffer is not the signal: measured in the throughput
+phase of ``benchmarks/pipeline.py``, it never held more than 0 events while
+the worker was thousands of records behind. Faust's conductor puts each
+record into it without waiting unless it is full, but the consumer's drain
+loop spends several loop iterations on each record (``Service.wait_first``),
+and the CPU-bound agent takes each event as soon as it is put; the records
+wait in the consumer's fetched batches.
 
 Measured on this project's 2-core machine (``benchmarks/pipeline.py --quick``,
-a fixed 20 ms linger against the default 5 ms, two alternated runs each):
-1,138-1,194 against 1,327-1,391 µs of worker CPU per click at saturation,
-726-762 against 580-622 clicks/s, and the broker's CPU 13.5-14.1 against
-18.3-20.4 s over the phase.
+three alternated pairs, on against off): 696 against 561 clicks/s (medians),
+1,227 against 1,475 µs of worker CPU per click at saturation, and the
+broker's CPU 16.0 against 19.3 s over the phase (README, Performance).
 
 Examples
 --------
@@ -41,12 +46,19 @@ Examples
 [(False, 0.005), (True, 0.02), (True, 0.02), (True, 0.02), (True, 0.02), (False, 0.005), (True, 0.02)]
 >>> linger.switches
 3
+>>> linger.tick(), linger.tick(), acc._linger_time  # no event between two ticks: back to the linger
+(True, False, 0.005)
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
+
+from faust.exceptions import ConsumerNotStarted
+
+log = logging.getLogger(__name__)
 
 
 class BacklogLinger:
@@ -87,9 +99,12 @@ class BacklogLinger:
         self.on_switch = on_switch
         self.calm = calm
         self._calm_streak = 0
+        self._observed = 0
+        self._observed_at_tick = 0
 
     def observe(self, backlog: int) -> bool:
         """Note the number of records waiting; return whether batches now linger ``behind_s``."""
+        self._observed += 1
         if self.behind:
             if backlog > self.low:
                 self._calm_streak = 0
@@ -100,6 +115,18 @@ class BacklogLinger:
         elif backlog >= self.high:
             self._calm_streak = 0
             self._set(True)
+        return self.behind
+
+    def tick(self) -> bool:
+        """Back to ``linger_s`` if no event came since the last call (the worker calls it every 0.5 s).
+
+        Events drive :meth:`observe`, so without this a linger switched on by a
+        burst would outlast it when the input goes quiet before ``calm`` events
+        have shown the backlog gone. Returns whether batches now linger ``behind_s``.
+        """
+        if self.behind and self._observed == self._observed_at_tick:
+            self._set(False)
+        self._observed_at_tick = self._observed
         return self.behind
 
     def _set(self, behind: bool) -> None:
@@ -131,11 +158,18 @@ def partition_backlog(consumer: Any) -> Callable[[Any], int]:
     (800, 0, 0)
     """
     highwater = consumer.highwater
+    warned: set[type] = set()
 
     def backlog(message: Any) -> int:
         try:
             hw = highwater(message.tp)
-        except Exception:  # unassigned (a rebalance), not started: no backlog known
+        except (ConsumerNotStarted, AssertionError, AttributeError):
+            # Not started; not assigned (aiokafka asserts it); assignment changing in a rebalance.
+            return 0
+        except Exception as exc:  # the signal must never stop the agent; say so once per kind
+            if type(exc) not in warned:
+                warned.add(type(exc))
+                log.warning("partition backlog unavailable (linger stays as it is): %r", exc)
             return 0
         return hw - message.offset - 1 if hw is not None and hw > message.offset else 0
 

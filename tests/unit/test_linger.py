@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
+from faust.types import TP
 
 from shopstream.settings import Settings
+from streams.app import create_app
 from streams.linger import BacklogLinger, backlog_linger, partition_backlog, producer_accumulator
 
 
@@ -150,15 +153,55 @@ def test_partition_backlog_counts_the_records_after_the_event() -> None:
     assert backlog(Msg(tp, 10)) == 0
 
 
-def test_partition_backlog_of_an_unstarted_aiokafka_consumer_is_zero() -> None:
-    async def run() -> int:
+def test_partition_backlog_reads_aiokafkas_highwater_for_fausts_partitions() -> None:
+    """Faust's ``TP`` keys aiokafka's partition state; before a fetch, and unassigned, it is 0."""
+
+    async def run() -> list[int]:
         consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
         try:
-            return partition_backlog(consumer)(Msg(TopicPartition("clicks", 0), 7))
+            backlog = partition_backlog(consumer)
+            seen = [backlog(Msg(TP("clicks", 0), 7))]  # not assigned: aiokafka asserts
+            consumer.assign([TopicPartition("clicks", 2)])
+            seen.append(backlog(Msg(TP("clicks", 2), 7)))  # assigned, never fetched
+            state = consumer._subscription.subscription.assignment.state_value(TopicPartition("clicks", 2))
+            state.highwater = 1000  # as aiokafka's fetcher sets it from a fetch response
+            seen.append(backlog(Msg(TP("clicks", 2), 7)))
+            return seen
         finally:
             await consumer.stop()
 
-    assert asyncio.run(run()) == 0
+    assert asyncio.run(run()) == [0, 0, 992]
+
+
+def test_partition_backlog_of_the_workers_consumer_before_it_starts_is_zero(tmp_path: Path) -> None:
+    app = create_app(Settings.from_env({}, data_dir=tmp_path / "d", lake_dir=tmp_path / "lake"), "unit")
+    assert partition_backlog(app.consumer)(Msg(TP("shop.clicks.v1", 0), 3)) == 0  # ConsumerNotStarted
+
+
+def test_an_unexpected_error_gives_zero_and_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken:
+        def highwater(self, tp: TP) -> int:
+            raise RuntimeError("internals changed")
+
+    backlog = partition_backlog(Broken())
+    with caplog.at_level("WARNING", logger="streams.linger"):
+        assert [backlog(Msg(TP("clicks", 0), 1)) for _ in range(3)] == [0, 0, 0]
+    assert [r.getMessage() for r in caplog.records] == [
+        "partition backlog unavailable (linger stays as it is): RuntimeError('internals changed')"
+    ]
+
+
+def test_no_event_for_a_whole_tick_switches_it_back() -> None:
+    class Acc:
+        _linger_time = 0.005
+
+    linger = BacklogLinger(lambda: Acc, 0.005, 0.02, high=256, low=32)
+    linger.observe(5000)
+    assert linger.tick() is True  # events came since the last tick (the one above)
+    linger.observe(4000)
+    assert linger.tick() is True
+    assert linger.tick() is False and Acc._linger_time == 0.005  # a whole interval without events
+    assert linger.tick() is False and linger.switches == 2
 
 
 def test_each_switch_is_reported() -> None:
