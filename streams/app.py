@@ -697,7 +697,7 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
     runtime.extra["producer_linger"] = linger
     if linger is not None:
         app.service(LingerTicker(linger))  # type: ignore[arg-type]
-    # Records behind each event in its partition: the conductor keeps the agent's own buffer empty.
+    # Records behind each event in its partition (the agent's own buffer stays empty: streams/linger.py).
     runtime.extra["partition_backlog"] = partition_backlog(app.consumer)
     order_time = metrics.processing.labels(agent="recommend_orders")
 
