@@ -39,17 +39,28 @@ MESSAGE_MAX_BYTES = 16 * 1024 * 1024
 KAFKA_HEAP_OPTS = "-Xms1g -Xmx1g"
 #: The broker's G1 settings, as Kafka's operations guide gives them ("Java
 #: Version": LinkedIn's tuning). Overridden by ``KAFKA_JVM_PERFORMANCE_OPTS``,
-#: as Kafka's scripts are; docker-compose.yml sets the same string. Measured by
+#: as Kafka's scripts are. Measured by
 #: five alternated ``benchmarks/bid_latency.py`` runs per setting against the
 #: previous settings (-Xms256m -Xmx768m, G1's defaults, 1 MB regions): the
 #: broker paused for young collections about 50 times a run (median 5.4 ms, at
 #: most 12) against 16 times here (median 8.1 ms, at most 22), and the median
 #: topic p99 went from 10.3 to 7.3 ms, the aiokafka echo baseline's from 6.4 to 4.9 ms.
-KAFKA_JVM_PERFORMANCE_OPTS = (
+#: ``docker-compose.yml`` sets the same string.
+KAFKA_GC_OPTS = (
     "-XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:G1HeapRegionSize=16M "
     "-XX:MetaspaceSize=96m -XX:MinMetaspaceFreeRatio=50 -XX:MaxMetaspaceFreeRatio=80 "
     "-XX:+ExplicitGCInvokesConcurrent"
 )
+#: :data:`KAFKA_GC_OPTS` plus ``-XX:TieredStopAtLevel=1``: the JIT compiles with C1 only. This
+#: broker lives for minutes (a test session, the demo, a benchmark) on the
+#: cores that run the workers, and HotSpot's C2 compiler thread took about a
+#: third of a core through those minutes (1.9 s of CPU in 6 s of a
+#: ``benchmarks/pipeline.py`` run, more than all request handlers together).
+#: Three alternated ``pipeline.py --quick`` pairs (README, Performance): the
+#: broker's CPU over those two-minute runs about halved, and the worker's
+#: throughput rose 17% (median). C2's code is faster once compiled, so a
+#: long-lived production broker earns it back: ``docker-compose.yml`` keeps it.
+KAFKA_JVM_PERFORMANCE_OPTS = f"{KAFKA_GC_OPTS} -XX:TieredStopAtLevel=1"
 #: Kafka's command-line tools (storage format, consumer groups) are clients, not the broker.
 TOOL_HEAP_OPTS = "-Xms32m -Xmx256m"
 

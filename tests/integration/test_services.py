@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from pathlib import Path
 
 import pytest
 import redis as redis_py
@@ -31,6 +32,15 @@ def test_services_listen_on_loopback_only(services):
     assert client.config_get("appendonly")["appendonly"] == "no"  # persistence off for tests
     config = (kafka.home / "server.properties").read_text()
     assert f"listeners=PLAINTEXT://127.0.0.1:{kafka.port}," in config
+
+
+def test_broker_compiles_with_c1_only(services):
+    """The session's broker runs its default JVM options: no C2 compiler thread (shopstream/services.py)."""
+    kafka, _ = services
+    pid = int(kafka.pidfile.read_text().strip())
+    threads = {(t / "comm").read_text().strip() for t in Path(f"/proc/{pid}/task").iterdir()}
+    assert any(name.startswith("C1 CompilerThre") for name in threads), sorted(threads)
+    assert not any(name.startswith("C2 CompilerThre") for name in threads), sorted(threads)
 
 
 def test_a_port_taken_by_a_stranger_is_a_clear_error(tmp_path):

@@ -33,6 +33,7 @@ def test_broker_jvm_options_default_and_override(tmp_path, monkeypatch):
     opts = cmd[1 : cmd.index("-cp")]
     assert opts[:2] == KAFKA_HEAP_OPTS.split() == ["-Xms1g", "-Xmx1g"]
     assert "-XX:G1HeapRegionSize=16M" in opts and set(KAFKA_JVM_PERFORMANCE_OPTS.split()) <= set(opts)
+    assert "-XX:TieredStopAtLevel=1" in opts  # C1 only: a short-lived broker beside the workers
     assert cmd[-2:] == ["kafka.Kafka", "server.properties"]
 
     monkeypatch.setenv("KAFKA_HEAP_OPTS", "-Xms512m -Xmx512m")
