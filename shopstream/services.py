@@ -53,13 +53,15 @@ KAFKA_GC_OPTS = (
 )
 #: :data:`KAFKA_GC_OPTS` plus ``-XX:TieredStopAtLevel=1``: the JIT compiles with C1 only. This
 #: broker lives for minutes (a test session, the demo, a benchmark) on the
-#: cores that run the workers, and HotSpot's C2 compiler thread took about a
-#: third of a core through those minutes (1.9 s of CPU in 6 s of a
-#: ``benchmarks/pipeline.py`` run, more than all request handlers together).
+#: cores that run the workers, and HotSpot's C2 compiler thread took up to a
+#: third of a core in its first minutes (1.9 s of CPU in 6 s of a
+#: ``benchmarks/pipeline.py --quick`` run, more than all request handlers together).
 #: Three alternated ``pipeline.py --quick`` pairs (README, Performance): the
 #: broker's CPU over those two-minute runs about halved, and the worker's
 #: throughput rose 17% (median). C2's code is faster once compiled, so a
 #: long-lived production broker earns it back: ``docker-compose.yml`` keeps it.
+#: Kafka's command-line tools get the same options (they run for seconds). Setting
+#: ``KAFKA_JVM_PERFORMANCE_OPTS`` replaces the whole string, this flag included.
 KAFKA_JVM_PERFORMANCE_OPTS = f"{KAFKA_GC_OPTS} -XX:TieredStopAtLevel=1"
 #: Kafka's command-line tools (storage format, consumer groups) are clients, not the broker.
 TOOL_HEAP_OPTS = "-Xms32m -Xmx256m"
