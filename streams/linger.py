@@ -96,6 +96,8 @@ class BacklogLinger:
         self.low = low
         self.behind = False
         self.switches = 0
+        #: Times :meth:`tick` gave a restarted producer the long linger.
+        self.reapplied = 0
         self.on_switch = on_switch
         self.calm = calm
         self._calm_streak = 0
@@ -122,12 +124,27 @@ class BacklogLinger:
 
         Events drive :meth:`observe`, so without this a linger switched on by a
         burst would outlast it when the input goes quiet before ``calm`` events
-        have shown the backlog gone. Returns whether batches now linger ``behind_s``.
+        have shown the backlog gone. While events come and the linger is long,
+        a producer that restarted since the switch (a new accumulator, at
+        ``linger_s``) gets ``behind_s`` too, so that the linger and what the
+        gauge says agree again within one tick. Returns whether batches now
+        linger ``behind_s``.
         """
         if self.behind and self._observed == self._observed_at_tick:
             self._set(False)
+        elif self.behind:
+            self._reapply()
         self._observed_at_tick = self._observed
         return self.behind
+
+    def _reapply(self) -> None:
+        # A producer restarted while behind has a new accumulator at the configured linger:
+        # give it the long one too, so that the linger and its gauge agree again.
+        acc = self._accumulator()
+        if acc is not None and getattr(acc, "_linger_time", self.behind_s) != self.behind_s:
+            acc._linger_time = self.behind_s
+            self.reapplied += 1
+            log.info("producer restarted while behind: its batches linger %.0f ms too", 1e3 * self.behind_s)
 
     def _set(self, behind: bool) -> None:
         # Looked up on every switch (rare): a restarted producer has a new accumulator.

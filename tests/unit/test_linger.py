@@ -213,3 +213,27 @@ def test_each_switch_is_reported() -> None:
     for depth in (0, 150, 50, 5, 5, 200):
         linger.observe(depth)
     assert seen == [0.02, 0.005, 0.02] and linger.switches == 3
+
+
+def test_a_producer_restarted_while_behind_gets_the_long_linger_on_the_next_tick(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Acc:
+        def __init__(self) -> None:
+            self._linger_time = 0.005
+
+    current = [Acc()]
+    seen: list[float] = []
+    linger = BacklogLinger(lambda: current[0], 0.005, 0.02, high=100, low=10, on_switch=seen.append)
+    linger.observe(500)
+    assert current[0]._linger_time == 0.02
+    current[0] = Acc()  # the producer restarted: a new accumulator at the configured linger
+    linger.observe(400)
+    with caplog.at_level("INFO", logger="streams.linger"):
+        assert linger.tick() is True
+    assert current[0]._linger_time == 0.02 and linger.reapplied == 1
+    assert "producer restarted while behind" in caplog.text
+    linger.observe(300)
+    assert linger.tick() is True and linger.reapplied == 1  # already long: nothing to do
+    assert linger.tick() is False and current[0]._linger_time == 0.005  # quiet: back, as before
+    assert seen == [0.02, 0.005] and linger.switches == 2
