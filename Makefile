@@ -38,7 +38,7 @@ typecheck: bootstrap
 	$(VENV)/bin/mypy shopstream schemas streams online_models serving ops offline_training benchmarks
 
 doctest: bootstrap
-	$(PYTEST) -q --doctest-modules shopstream schemas streams online_models serving ops offline_training benchmarks/common.py
+	$(PYTEST) -q --doctest-modules shopstream schemas streams online_models serving ops offline_training benchmarks/common.py benchmarks/pipeline.py
 
 test-unit: bootstrap
 	$(PYTEST) -q tests/unit

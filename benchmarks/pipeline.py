@@ -12,7 +12,12 @@ topics, and runs ONE ``shopstream worker`` child process (the ``recommend`` agen
    ``time.perf_counter()`` in this process (so clock skew cannot enter);
 3. throughput: M clicks produced as fast as possible; the worker's sustained rate is
    M / (last recommendation received - first recommendation received), all M matched;
-4. baseline, same run: raw aiokafka consumption of the same M click messages (no group join
+4. latency under load: after a few idle seconds (the worker's CPU with no input is reported),
+   clicks offered at 25%, 50% and 75% of the rate phase 3 measured, as in phase 2, so that a
+   machine on which one worker cannot sustain 1,000 clicks/s still shows its latency at rates
+   it can; with phase 2's point, a plot of p50 and p99 against the offered rate goes beside
+   the results JSON (``pipeline[.quick].png``, needs matplotlib);
+5. baseline, same run: raw aiokafka consumption of the same M click messages (no group join
    in the timing, no decoding), and the same with ``CLICK_CODEC`` decoding.
 
 Every click is of type ``click`` (a meaningful event, so each yields exactly one
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 import time
 import uuid
@@ -38,6 +44,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from benchmarks.common import (
     cpu_seconds,
+    default_out,
+    git_commit,
     parse_args,
     percentiles,
     settle_past_first_commits,
@@ -58,15 +66,23 @@ FULL: dict[str, float] = {
     "rate": 1000,
     "latency_s": 30,
     "throughput_msgs": 100_000,
+    "idle_s": 5,
+    "sweep_s": 10,
 }
 QUICK: dict[str, float] = {
     "warmup": 300,
     "rate": 1000,
     "latency_s": 8,
     "throughput_msgs": 20_000,
+    "idle_s": 3,
+    "sweep_s": 4,
 }
 PARTITIONS = 4
 WORKERS = 1
+#: Phase 4 offers clicks at these fractions of the sustained throughput that phase 3 measured.
+SWEEP_FRACTIONS = (0.25, 0.5, 0.75)
+#: Issue 2's latency target (p99 at 1,000 clicks/s), drawn on the plot and used for the sweep summary.
+P99_TARGET_MS = 50.0
 PRODUCER_LINGER_MS = 1
 #: Give up waiting for outstanding recommendations after this long without progress.
 STALL_S = 30.0
@@ -329,13 +345,83 @@ def decompose(sent: dict[str, float], sent_wall: dict[str, float], collector: Co
     }
 
 
+def sweep_point(point: dict[str, Any], fraction: float | None) -> dict[str, Any]:
+    """One point of the latency-against-load curve from a paced phase's results."""
+    lat, prof, nan = point["lat"], point["profile"], float("nan")
+    return {
+        "offered_per_s": round(len(point["sent"]) / point["span"], 1) if point["span"] > 0 else nan,
+        "fraction_of_sustained": fraction,
+        "sent": len(point["sent"]),
+        "matched": point["matched"],
+        "p50_ms": round(lat.get("p50", nan), 3),
+        "p99_ms": round(lat.get("p99", nan), 3),
+        "max_ms": round(max(point["lat_ms"], default=nan), 3),
+        "worker_cpu_util": prof["worker_cpu_util"],
+        "worker_cpu_us_per_click": prof["worker_cpu_us_per_click"],
+    }
+
+
+def highest_rate_within(points: list[dict[str, Any]], p99_ms: float) -> float | None:
+    """The highest offered rate among ``points`` whose every click was matched with p99 <= ``p99_ms``.
+
+    >>> highest_rate_within([{"offered_per_s": 250.0, "p99_ms": 30.0, "sent": 9, "matched": 9},
+    ...                      {"offered_per_s": 500.0, "p99_ms": 45.0, "sent": 9, "matched": 9},
+    ...                      {"offered_per_s": 1000.0, "p99_ms": 900.0, "sent": 9, "matched": 9}], 50.0)
+    500.0
+    >>> highest_rate_within([{"offered_per_s": 250.0, "p99_ms": 80.0, "sent": 9, "matched": 9}], 50.0) is None
+    True
+    """
+    ok = [p["offered_per_s"] for p in points if p["matched"] == p["sent"] and p["p99_ms"] <= p99_ms]
+    return max(ok) if ok else None
+
+
+def plot_latency_vs_load(
+    points: list[dict[str, Any]], sustained: float, path: Path, title: str
+) -> Path | None:
+    """p50 and p99 against the offered rate, with the targets; None when matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        log("plot: matplotlib is not installed (pip install -e '.[train]'); no plot")
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = sorted(points, key=lambda p: p["offered_per_s"])
+    x = [p["offered_per_s"] for p in pts]
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    ax.plot(x, [p["p50_ms"] for p in pts], "o-", label="p50")
+    ax.plot(x, [p["p99_ms"] for p in pts], "s-", label="p99")
+    ax.axhline(
+        P99_TARGET_MS, color="k", ls="--", lw=0.8, label=f"p99 target {P99_TARGET_MS:.0f} ms (at 1,000/s)"
+    )
+    if sustained == sustained:  # not NaN
+        ax.axvline(sustained, color="tab:red", ls=":", lw=1.2, label=f"sustained {sustained:,.0f} clicks/s")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered clicks/s (one worker)")
+    ax.set_ylabel("click -> recommendation, ms")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    log(f"plot: {path}")
+    return path
+
+
 # --- phases -------------------------------------------------------------------------------------
 
 
 async def produce_paced(
-    producer: AIOKafkaProducer, topic: str, source: ClickSource, rate: float, duration: float
+    producer: AIOKafkaProducer,
+    topic: str,
+    source: ClickSource,
+    rate: float,
+    duration: float,
+    phase: str = "latency",
 ) -> tuple[dict[str, float], dict[str, float], float]:
-    """Offer clicks at ``rate``/s for ``duration`` s.
+    """Offer clicks at ``rate``/s for ``duration`` s (``phase`` names them in event ids and progress).
 
     Returns send times by event id (``perf_counter`` and wall clock) and the span in seconds.
     """
@@ -348,14 +434,14 @@ async def produce_paced(
     while n < n_total:
         due = min(n_total, int((time.perf_counter() - t0) * rate) + 1)
         while n < due:
-            eid, key, value = source.next("lat")
+            eid, key, value = source.next(phase)
             sent_wall[eid] = time.time()
             sent[eid] = time.perf_counter()
             await producer.send(topic, value=value, key=key)
             n += 1
         now = time.perf_counter()
         if now - last_report > 5:
-            log(f"latency: {n:,}/{n_total:,} clicks offered ({n / (now - t0):,.0f}/s)")
+            log(f"{phase}: {n:,}/{n_total:,} clicks offered ({n / (now - t0):,.0f}/s)")
             last_report = now
         next_due = t0 + (n + 1) / rate
         await asyncio.sleep(max(0.0, next_due - time.perf_counter()))
@@ -441,21 +527,33 @@ async def measure(
             )
         await settle_past_first_commits(settings.commit_interval_s)
 
+        async def paced(rate: float, dur: float, phase: str) -> dict[str, Any]:
+            """Offer ``rate`` clicks/s for ``dur`` s; latency of each click to its recommendation."""
+            log(f"{phase}: offering {rate:,.0f} clicks/s for {dur:.0f}s")
+            s0 = snapshot(worker, kafka, settings)
+            sent, sent_wall, span = await produce_paced(producer, clicks_topic, source, rate, dur, phase)
+            log(f"{phase}: {len(sent):,} clicks sent in {span:.2f}s; waiting for recommendations")
+            matched = await collector.wait_for(list(sent), phase)
+            s1 = snapshot(worker, kafka, settings)
+            lat_ms = [1e3 * (collector.received[e] - t) for e, t in sent.items() if e in collector.received]
+            lat = percentiles(lat_ms, (50, 90, 99, 99.9)) if lat_ms else {}
+            log(
+                f"{phase}: matched {matched:,}/{len(sent):,}; p50 {lat.get('p50', float('nan')):.1f} ms, "
+                f"p99 {lat.get('p99', float('nan')):.1f} ms, max {max(lat_ms, default=float('nan')):.1f} ms"
+            )
+            return {
+                "sent": sent,
+                "span": span,
+                "matched": matched,
+                "lat_ms": lat_ms,
+                "lat": lat,
+                "profile": profile(s0, s1, len(sent)),
+                "decomposition": decompose(sent, sent_wall, collector),
+            }
+
         # 2. latency at a fixed offered rate
-        rate, dur = float(cfg["rate"]), float(cfg["latency_s"])
-        log(f"latency: offering {rate:,.0f} clicks/s for {dur:.0f}s")
-        s_lat0 = snapshot(worker, kafka, settings)
-        sent, sent_wall, span = await produce_paced(producer, clicks_topic, source, rate, dur)
-        log(f"latency: {len(sent):,} clicks sent in {span:.2f}s; waiting for recommendations")
-        matched_lat = await collector.wait_for(list(sent), "latency")
-        s_lat1 = snapshot(worker, kafka, settings)
-        lat_ms = [1e3 * (collector.received[e] - t) for e, t in sent.items() if e in collector.received]
-        lat = percentiles(lat_ms, (50, 90, 99, 99.9)) if lat_ms else {}
-        decomposition = decompose(sent, sent_wall, collector)
-        log(
-            f"latency: matched {matched_lat:,}/{len(sent):,}; p50 {lat.get('p50', float('nan')):.1f} ms, "
-            f"p99 {lat.get('p99', float('nan')):.1f} ms, max {max(lat_ms, default=float('nan')):.1f} ms"
-        )
+        fixed = await paced(float(cfg["rate"]), float(cfg["latency_s"]), "latency")
+        sent, lat, lat_ms, matched_lat = fixed["sent"], fixed["lat"], fixed["lat_ms"], fixed["matched"]
 
         # 3. sustained throughput of one worker
         m = int(cfg["throughput_msgs"])
@@ -492,6 +590,20 @@ async def measure(
             f"{end_to_end_rate:,.0f}/s (first send->last rec)"
         )
         await asyncio.sleep(1.0)
+
+        # 4. latency under load: fractions of the rate the worker just sustained, after an idle
+        # pause that also measures what the worker spends with no input at all
+        s_idle0 = snapshot(worker, kafka, settings)
+        await asyncio.sleep(float(cfg["idle_s"]))
+        s_idle1 = snapshot(worker, kafka, settings)
+        idle = profile(s_idle0, s_idle1, 0)
+        log(f"idle: worker CPU {idle['worker_cpu_util']:.3f} of a core over {idle['wall_s']:.1f}s, no input")
+        sweep: list[dict[str, Any]] = []
+        if worker_rate == worker_rate and worker_rate > 0:  # not NaN
+            for frac in SWEEP_FRACTIONS:
+                point = await paced(round(frac * worker_rate), float(cfg["sweep_s"]), f"load{100 * frac:.0f}")
+                sweep.append(sweep_point(point, frac))
+                await asyncio.sleep(1.0)  # the idle second between phases (the linger switches back)
     finally:
         if task is not None:
             task.cancel()
@@ -502,7 +614,7 @@ async def measure(
         await producer.stop()
         await rec_consumer.stop()
 
-    # 4. baselines: raw consumption of the same M click messages
+    # 5. baselines: raw consumption of the same M click messages
     log(f"baseline: raw aiokafka consumption of the same {m:,} clicks")
     raw_rate, raw_n = await raw_consume(bootstrap, clicks_topic, start_offsets, m, decode=False)
     log(f"baseline: raw consume {raw_n:,} msgs at {raw_rate:,.0f}/s")
@@ -515,9 +627,12 @@ async def measure(
         "latency_mean_ms": sum(lat_ms) / len(lat_ms) if lat_ms else float("nan"),
         "latency_sent": len(sent),
         "latency_matched": matched_lat,
-        "latency_offered_rate": len(sent) / span,
-        "latency_profile": profile(s_lat0, s_lat1, len(sent)),
-        "latency_decomposition": decomposition,
+        "latency_offered_rate": len(sent) / fixed["span"],
+        "latency_profile": fixed["profile"],
+        "latency_decomposition": fixed["decomposition"],
+        "latency_point": sweep_point(fixed, None),
+        "sweep": sweep,
+        "idle_profile": idle,
         "warmup_s": warm_s,
         "tput_matched": matched_tp,
         "tput_worker_rate": worker_rate,
@@ -617,6 +732,20 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     res, notes = run(cfg, args.keep_log)
     lat = res["latency_ms"]
+    curve = sorted([res["latency_point"], *res["sweep"]], key=lambda p: p["offered_per_s"])
+    for p in curve:
+        log(
+            f"load: {p['offered_per_s']:>8,.0f} clicks/s  p50 {p['p50_ms']:>9.1f} ms"
+            f"  p99 {p['p99_ms']:>9.1f} ms  worker CPU {p['worker_cpu_util']:.2f}"
+        )
+    png = (args.out or default_out(NAME, args.quick)).with_suffix(".png")
+    plot_latency_vs_load(
+        curve,
+        res["tput_worker_rate"],
+        png,
+        f"benchmarks/pipeline.py{' --quick' if args.quick else ''} @ {git_commit()[:12]}, "
+        f"{os.cpu_count()} CPUs\none worker: latency against the offered rate",
+    )
     metrics: dict[str, Any] = {
         "throughput_clicks_per_s": round(res["tput_worker_rate"], 1),
         "throughput_end_to_end_clicks_per_s": round(res["tput_end_to_end_rate"], 1),
@@ -638,8 +767,12 @@ def main(argv: list[str] | None = None) -> int:
         "recommendation_decode_errors": res["recs_decode_errors"],
         "warmup_s": round(res["warmup_s"], 2),
         "latency_decomposition": res["latency_decomposition"],
+        "latency_vs_load": curve,
+        "highest_rate_with_p99_within_50ms": highest_rate_within(curve, P99_TARGET_MS),
+        "worker_cpu_util_idle": res["idle_profile"]["worker_cpu_util"],
         "profile_latency_phase": res["latency_profile"],
         "profile_throughput_phase": res["tput_profile"],
+        "profile_idle": res["idle_profile"],
         "worker_alive_at_end": res["worker_alive_at_end"],
         "worker_log": notes,
     }
@@ -659,6 +792,9 @@ def main(argv: list[str] | None = None) -> int:
         "offered_rate_per_s": cfg["rate"],
         "latency_duration_s": cfg["latency_s"],
         "throughput_messages": int(cfg["throughput_msgs"]),
+        "sweep_fractions_of_sustained": list(SWEEP_FRACTIONS),
+        "sweep_duration_s": cfg["sweep_s"],
+        "idle_s": cfg["idle_s"],
         "event_type": "click (every click yields one recommendation)",
         "producer": f"aiokafka, linger_ms={PRODUCER_LINGER_MS}, acks=1, key=user_id",
         "latency_clock": "time.perf_counter in the benchmark process, send() call -> getmany() return",
