@@ -702,6 +702,7 @@ def run(cfg: dict[str, float], keep_log: Path | None = None) -> tuple[dict[str, 
             res["worker_alive_at_end"] = worker.alive()
             notes = _worker_log_notes(wlog)
             res["settings"] = {
+                "agents": settings.agents,
                 "producer_linger_s": settings.producer_linger_s,
                 "producer_linger_behind_s": settings.producer_linger_behind_s,
                 "archive": settings.archive,

@@ -23,6 +23,12 @@ from typing import Any
 PREFIX = "SHOPSTREAM_"
 
 
+#: Agent groups a worker can run (``SHOPSTREAM_AGENTS``), with the input topics they read:
+#: ``recs`` clicks and orders (recommendations), ``inventory`` orders, inventory and demand,
+#: ``bidding`` bid requests and ad events, ``care_crm`` orders, reviews and support messages.
+AGENT_GROUPS = ("recs", "inventory", "bidding", "care_crm")
+
+
 class SettingsError(ValueError):
     """A ``SHOPSTREAM_*`` variable could not be parsed."""
 
@@ -69,6 +75,10 @@ class Settings:
     #: Whether this worker archives the input topics to the lake (run the
     #: archive in some workers only by setting it false in the others).
     archive: bool = True
+    #: The agent groups this worker runs: ``all``, or a comma list of
+    #: :data:`AGENT_GROUPS`. Workers that run different groups are different
+    #: applications: give each set its own ``app_id`` (README, Scaling out).
+    agents: str = "all"
     #: Root of the Parquet event lake.
     lake_dir: Path = Path(".var/lake")
     #: Roll a lake file after this many rows...
@@ -186,6 +196,31 @@ class Settings:
                 values[f.name] = _parse(key, env[key], f.default)
         values.update(overrides)
         return cls(**values)
+
+    def agent_groups(self) -> frozenset[str]:
+        """The agent groups named by ``agents``, checked.
+
+        >>> sorted(Settings(agents="recs, bidding").agent_groups())
+        ['bidding', 'recs']
+        >>> Settings().agent_groups() == frozenset(AGENT_GROUPS)
+        True
+        >>> Settings(agents="recs,ads").agent_groups()
+        Traceback (most recent call last):
+        ...
+        shopstream.settings.SettingsError: SHOPSTREAM_AGENTS='recs,ads': unknown group 'ads'; expected all or a comma list of recs, inventory, bidding, care_crm
+        """
+        names = [n.strip() for n in self.agents.split(",") if n.strip()]
+        if names == ["all"]:
+            return frozenset(AGENT_GROUPS)
+        for n in names:
+            if n not in AGENT_GROUPS:
+                raise SettingsError(
+                    f"{PREFIX}AGENTS={self.agents!r}: unknown group {n!r}; "
+                    f"expected all or a comma list of {', '.join(AGENT_GROUPS)}"
+                )
+        if not names:
+            raise SettingsError(f"{PREFIX}AGENTS={self.agents!r}: name at least one group, or all")
+        return frozenset(names)
 
     @property
     def kafka_url(self) -> str:

@@ -285,8 +285,8 @@ class OpsService(Service):
 
     Every worker samples lag (cheap: one admin request per group per
     interval) and keeps its own dashboard; only the worker that owns
-    partition 0 of the clickstream publishes alerts, so each alert reaches the
-    ops-alerts topic once however many workers run.
+    partition 0 of the clickstream (the lead topic: :meth:`leads`) publishes
+    alerts, so each alert reaches the ops-alerts topic once however many workers run.
     """
 
     def __init__(self, app: faust.App, runtime: Runtime, **kwargs: Any) -> None:
@@ -313,9 +313,13 @@ class OpsService(Service):
                 rt.lag_monitor = None
 
     def leads(self) -> bool:
-        """Whether this worker owns partition 0 of the clickstream (and so publishes alerts)."""
-        clicks = self.runtime.topics.clicks
-        return any(tp.topic == clicks and tp.partition == 0 for tp in self.app.assignor.assigned_actives())
+        """Whether this worker owns partition 0 of the lead topic (and so publishes alerts).
+
+        The lead topic is the clickstream, or in an application that does not run
+        the recommendation agents (``SHOPSTREAM_AGENTS``), the first input topic by name.
+        """
+        lead = self.runtime.extra.get("lead_topic", self.runtime.topics.clicks)
+        return any(tp.topic == lead and tp.partition == 0 for tp in self.app.assignor.assigned_actives())
 
     async def publish_alerts(self, alerts: list[Any]) -> None:
         rt = self.runtime
@@ -665,131 +669,145 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
     runtime.extra["recovery_watchdog"] = watchdog
     app.service(watchdog)  # type: ignore[arg-type]
 
-    clicks_topic = app.topic(topics.clicks, partitions=settings.partitions, value_serializer="raw")
-    recs_name = topics.recommendations
-    recent_items = app.Table("recent-items", default=list, partitions=settings.partitions)
-    runtime.extra["recent_items"] = recent_items
-    click_codec: Codec[ClickEvent] = Codec(ClickEvent, settings.max_event_bytes)
-
+    # The agent groups this worker runs (SHOPSTREAM_AGENTS); orders feed three of them, and the
+    # first of those that runs here dead-letters the orders that fail their schema.
+    groups = settings.agent_groups()
     orders_topic = app.topic(topics.orders, partitions=settings.partitions, value_serializer="raw")
-    bought_items = app.Table("bought-items", default=list, partitions=settings.partitions)
-    runtime.extra["bought_items"] = bought_items
     order_codec: Codec[Order] = Codec(Order, settings.max_event_bytes)
+    runtime.extra["agent_groups"] = groups
+    runtime.extra["orders_dead_lettered_by"] = next(
+        (g for g in ("recs", "inventory", "care_crm") if g in groups), None
+    )
+    if "recs" in groups:
+        clicks_topic = app.topic(topics.clicks, partitions=settings.partitions, value_serializer="raw")
+        recs_name = topics.recommendations
+        recent_items = app.Table("recent-items", default=list, partitions=settings.partitions)
+        runtime.extra["recent_items"] = recent_items
+        click_codec: Codec[ClickEvent] = Codec(ClickEvent, settings.max_event_bytes)
 
-    in_clicks = metrics.events_in.labels(topic=topics.clicks)
-    in_orders = metrics.events_in.labels(topic=topics.orders)
-    out_recs = metrics.events_out.labels(topic=topics.recommendations)
-    proc_time = metrics.processing.labels(agent="recommend")
-    # Longer producer batches while the agent is behind (streams/linger.py).
-    linger_now = metrics.producer_linger
-    linger_now.set(settings.producer_linger_s)
+        bought_items = app.Table("bought-items", default=list, partitions=settings.partitions)
+        runtime.extra["bought_items"] = bought_items
 
-    def linger_switched(seconds: float) -> None:
-        linger_now.set(seconds)
-        metrics.producer_linger_switches.inc()
-        app.log.info(
-            "producer linger now %.0f ms (clickstream %s)",
-            1e3 * seconds,
-            "behind" if seconds > settings.producer_linger_s else "caught up",
-        )
+        in_clicks = metrics.events_in.labels(topic=topics.clicks)
+        in_orders = metrics.events_in.labels(topic=topics.orders)
+        out_recs = metrics.events_out.labels(topic=topics.recommendations)
+        proc_time = metrics.processing.labels(agent="recommend")
+        # Longer producer batches while the agent is behind (streams/linger.py).
+        linger_now = metrics.producer_linger
+        linger_now.set(settings.producer_linger_s)
 
-    linger = backlog_linger(app, settings, on_switch=linger_switched)
-    runtime.extra["producer_linger"] = linger
-    if linger is not None:
-        app.service(LingerTicker(linger))  # type: ignore[arg-type]
-    # Records behind each event in its partition (the agent's own buffer stays empty: streams/linger.py).
-    runtime.extra["partition_backlog"] = partition_backlog(app.consumer)
-    order_time = metrics.processing.labels(agent="recommend_orders")
+        def linger_switched(seconds: float) -> None:
+            linger_now.set(seconds)
+            metrics.producer_linger_switches.inc()
+            app.log.info(
+                "producer linger now %.0f ms (clickstream %s)",
+                1e3 * seconds,
+                "behind" if seconds > settings.producer_linger_s else "caught up",
+            )
 
-    async def publish_recs(user: str, recent: list[str], event_id: str, source_ts: float) -> None:
-        """A fresh list for ``user``: from the trained model when one is loaded, else the online model."""
-        rec = await recommender.recommend(user, recent, event_id=event_id, source_ts=source_ts)
-        await deliver_rec(rec, None)
+        linger = backlog_linger(app, settings, on_switch=linger_switched)
+        runtime.extra["producer_linger"] = linger
+        if linger is not None:
+            app.service(LingerTicker(linger))  # type: ignore[arg-type]
+        # Records behind each event in its partition (the agent's own buffer stays empty: streams/linger.py).
+        runtime.extra["partition_backlog"] = partition_backlog(app.consumer)
+        order_time = metrics.processing.labels(agent="recommend_orders")
 
-    served_by: dict[str, Any] = {}  # model name -> its labelled counter (labels() per message costs)
+        async def publish_recs(user: str, recent: list[str], event_id: str, source_ts: float) -> None:
+            """A fresh list for ``user``: from the trained model when one is loaded, else the online model."""
+            rec = await recommender.recommend(user, recent, event_id=event_id, source_ts=source_ts)
+            await deliver_rec(rec, None)
 
-    async def deliver_rec(rec: Any, token: Any) -> None:
-        runtime.quality.shown(rec.user_id, (i.item_id for i in rec.items))
-        await runtime.publish(recs_name, rec.user_id.encode(), encode(rec), None)
-        out_recs.inc()
-        served = served_by.get(rec.model)
-        if served is None:
-            served = served_by[rec.model] = metrics.recs_served.labels(path="topic", source=rec.model)
-        served.inc()
-        if token is not None:
-            stream, event = token
-            await stream.ack(event)
+        served_by: dict[str, Any] = {}  # model name -> its labelled counter (labels() per message costs)
 
-    @app.agent(clicks_topic, name="recommend")
-    async def recommend(stream: faust.StreamT) -> None:
-        """Clickstream → recent-items table, online model, features → recommendations.
+        async def deliver_rec(rec: Any, token: Any) -> None:
+            runtime.quality.shown(rec.user_id, (i.item_id for i in rec.items))
+            await runtime.publish(recs_name, rec.user_id.encode(), encode(rec), None)
+            out_recs.inc()
+            served = served_by.get(rec.model)
+            if served is None:
+                served = served_by[rec.model] = metrics.recs_served.labels(path="topic", source=rec.model)
+            served.inc()
+            if token is not None:
+                stream, event = token
+                await stream.ack(event)
 
-        Outputs are handed to the producer without waiting for their delivery;
-        Faust flushes the producer before it commits offsets, so a crash can
-        repeat outputs but never lose them (at-least-once).
-        """
-        # Acks are manual: with a trained model, lists are computed in micro-batches
-        # (one Redis round trip and one ONNX call per batch) and an event is acked
-        # only once its list is handed to the producer.
-        noack: Any = stream.noack()  # type: ignore[attr-defined]
-        batcher = runtime.batcher
-        quality = runtime.quality
-        behind = runtime.extra["partition_backlog"]
-        async for event in noack.events():
-            t0 = time.perf_counter()
-            message = event.message
-            if linger is not None:
-                linger.observe(behind(message))
-            in_clicks.inc()
-            ev = await runtime.dlq.decode(click_codec, message)
-            if ev is None:
-                await noack.ack(event)
-                continue
-            user = ev.user_id
-            item = getattr(ev, "item_id", None)
-            if item is not None and quality.test(user, item) is not None:
-                miss_rate = quality.batch_error()
-                if miss_rate is not None and (drift := runtime.alerts.model_error("recs", miss_rate)):
-                    runtime.extra.setdefault("pending_alerts", []).extend(drift)
-            recent = recent_items[user]
-            new_recent, due = processor.learn(ev, recent)
-            if new_recent is not recent:
-                recent_items[user] = new_recent
-            if not due:
-                await noack.ack(event)
-            elif recommender.model is None:
-                await deliver_rec(processor.recommend(user, new_recent, ev.event_id, ev.ts), (noack, event))
-            else:
-                batcher.add(RecRequest(user, new_recent, None, ev.event_id, ev.ts), (noack, event))
-                if batcher.full:
-                    await batcher.submit()
-            proc_time.observe(time.perf_counter() - t0)
-            if runtime.features.full:
+        @app.agent(clicks_topic, name="recommend")
+        async def recommend(stream: faust.StreamT) -> None:
+            """Clickstream → recent-items table, online model, features → recommendations.
+
+            Outputs are handed to the producer without waiting for their delivery;
+            Faust flushes the producer before it commits offsets, so a crash can
+            repeat outputs but never lose them (at-least-once).
+            """
+            # Acks are manual: with a trained model, lists are computed in micro-batches
+            # (one Redis round trip and one ONNX call per batch) and an event is acked
+            # only once its list is handed to the producer.
+            noack: Any = stream.noack()  # type: ignore[attr-defined]
+            batcher = runtime.batcher
+            quality = runtime.quality
+            behind = runtime.extra["partition_backlog"]
+            async for event in noack.events():
+                t0 = time.perf_counter()
+                message = event.message
+                if linger is not None:
+                    linger.observe(behind(message))
+                in_clicks.inc()
+                ev = await runtime.dlq.decode(click_codec, message)
+                if ev is None:
+                    await noack.ack(event)
+                    continue
+                user = ev.user_id
+                item = getattr(ev, "item_id", None)
+                if item is not None and quality.test(user, item) is not None:
+                    miss_rate = quality.batch_error()
+                    if miss_rate is not None and (drift := runtime.alerts.model_error("recs", miss_rate)):
+                        runtime.extra.setdefault("pending_alerts", []).extend(drift)
+                recent = recent_items[user]
+                new_recent, due = processor.learn(ev, recent)
+                if new_recent is not recent:
+                    recent_items[user] = new_recent
+                if not due:
+                    await noack.ack(event)
+                elif recommender.model is None:
+                    rec = processor.recommend(user, new_recent, ev.event_id, ev.ts)
+                    await deliver_rec(rec, (noack, event))
+                else:
+                    batcher.add(RecRequest(user, new_recent, None, ev.event_id, ev.ts), (noack, event))
+                    if batcher.full:
+                        await batcher.submit()
+                proc_time.observe(time.perf_counter() - t0)
+                if runtime.features.full:
+                    await flusher.flush_once()
+
+        @app.agent(orders_topic, name="recommend_orders")
+        async def recommend_orders(stream: faust.StreamT) -> None:
+            """Orders → bought-items table, online model, features → a fresh list (bought items dropped)."""
+            async for event in stream.events():
+                t0 = time.perf_counter()
+                message = event.message
+                in_orders.inc()
+                order = await runtime.dlq.decode(order_codec, message)
+                if order is None or order.status != "placed":
+                    continue
+                user = order.user_id
+                recent, bought = processor.learn_order(order, recent_items[user], bought_items[user])
+                recent_items[user] = recent
+                bought_items[user] = bought
+                # The list must not offer what was just bought, even before the features reach Redis.
                 await flusher.flush_once()
+                await publish_recs(user, recent, order.event_id, order.ts)
+                order_time.observe(time.perf_counter() - t0)
 
-    @app.agent(orders_topic, name="recommend_orders")
-    async def recommend_orders(stream: faust.StreamT) -> None:
-        """Orders → bought-items table, online model, features → a fresh list (bought items dropped)."""
-        async for event in stream.events():
-            t0 = time.perf_counter()
-            message = event.message
-            in_orders.inc()
-            order = await runtime.dlq.decode(order_codec, message)
-            if order is None or order.status != "placed":
-                continue
-            user = order.user_id
-            recent, bought = processor.learn_order(order, recent_items[user], bought_items[user])
-            recent_items[user] = recent
-            bought_items[user] = bought
-            # The list must not offer what was just bought, even before the features reach Redis.
-            await flusher.flush_once()
-            await publish_recs(user, recent, order.event_id, order.ts)
-            order_time.observe(time.perf_counter() - t0)
-
-    runtime.extra["recommend_agent"] = recommend
-    _inventory_agents(app, runtime, orders_topic)
-    _bidding_agents(app, runtime)
-    care_crm_agents(app, runtime, orders_topic)
+        runtime.extra["recommend_agent"] = recommend
+    if "inventory" in groups:
+        _inventory_agents(app, runtime, orders_topic)
+    if "bidding" in groups:
+        _bidding_agents(app, runtime)
+    if "care_crm" in groups:
+        care_crm_agents(app, runtime, orders_topic)
+    inputs = sorted({t for agent in app.agents.values() for t in agent.channel.topics})
+    runtime.extra["lead_topic"] = topics.clicks if topics.clicks in inputs else inputs[0]
 
     if settings.archive:
         archiver = LakeArchiver(runtime)
@@ -807,7 +825,7 @@ def _inventory_agents(app: faust.App, runtime: Runtime, orders_topic: Any) -> No
     order's event time). ``inventory`` reads that topic and ``shop.inventory.v1``
     (both keyed by sku, same partition count), so one worker owns each SKU's
     state table entry. Schema errors in orders are dead-lettered once, by the
-    recommendation agent that reads the same topic.
+    first agent group that reads orders in this worker (recs, inventory, care_crm).
     """
     s = runtime.settings
     topics = runtime.topics
@@ -833,11 +851,11 @@ def _inventory_agents(app: faust.App, runtime: Runtime, orders_topic: Any) -> No
     @app.agent(orders_topic, name="inventory_demand")
     async def inventory_demand(stream: faust.StreamT) -> None:
         """Order lines → ``shop.demand.v1`` keyed by sku (returns and cancellations negative)."""
+        dead_letters = runtime.extra.get("orders_dead_lettered_by") == "inventory"
         async for event in stream.events():
-            try:
-                order = order_codec.decode(event.message.value)
-            except SchemaError:
-                continue  # dead-lettered by recommend_orders
+            order = await runtime.dlq.decode_shared(order_codec, event.message, dead_letters)
+            if order is None:
+                continue  # dead-lettered once, by the first agent group that reads orders here
             sign = 1 if order.status == "placed" else -1
             for n, line in enumerate(order.lines):
                 ev = DemandEvent(
@@ -893,25 +911,20 @@ def _bad_parameter(web: Any, parameter: str, detail: str) -> Any:
 
 
 def _register_views(app: faust.App, runtime: Runtime) -> None:
-    recent_items = runtime.extra["recent_items"]
-
-    @app.page("/recommendations/{user_id}")
-    @app.table_route(table=recent_items, match_info="user_id")
-    async def recommendations_view(web: Any, request: Any, user_id: str) -> Any:
-        """``GET /recommendations/{user_id}?k=10``, answered by the worker that owns the user's partition."""
-        raw_k = request.query.get("k", str(runtime.settings.recs_k))
-        try:
-            k = int(raw_k)
-        except ValueError:
-            k = -1
-        if not 1 <= k <= MAX_K:
-            return _bad_parameter(web, "k", f"k must be an integer in 1..{MAX_K}, got {raw_k!r}")
-        if not user_id or len(user_id) > 256:
-            return _bad_parameter(web, "user_id", "user_id must be 1..256 characters")
-        recent = list(recent_items[user_id])
-        rec = await runtime.recommender.recommend(user_id, recent, k=k)
-        runtime.metrics.recs_served.labels(path="http", source=rec.model).inc()
-        return web.bytes(encode(rec), content_type="application/json")
+    """The worker's web pages: those of the agent groups it runs, and 404s naming the others."""
+    groups = runtime.extra["agent_groups"]
+    for group, register, paths in (
+        ("recs", _recs_views, ("/recommendations/{user_id}",)),
+        ("inventory", _inventory_views, ("/inventory/{sku}",)),
+        ("bidding", _bidding_views, ("/openrtb2/bid", "/openrtb2/{kind}", "/campaigns")),
+        ("care_crm", _care_crm_views, ("/crm/{user_id}", "/care")),
+    ):
+        if group in groups:
+            register(app, runtime)
+        else:
+            for path in paths:
+                _unserved(app, runtime, path, group)
+    bid_consumer: BidRequestConsumer | None = runtime.extra.get("bid_consumer")
 
     @app.page("/dashboard")
     async def dashboard_view(web: Any, request: Any) -> Any:
@@ -937,6 +950,79 @@ def _register_views(app: faust.App, runtime: Runtime) -> None:
             return web.json({"error": "lag monitor disabled (SHOPSTREAM_LAG_MONITOR=false)"}, status=404)
         return web.json(runtime.lag_monitor.snapshot())
 
+    @app.page("/models")
+    async def models_view(web: Any, request: Any) -> Any:
+        deep_ctr = runtime.extra.get("deep_ctr")  # the bidding agents' model
+        return web.json({**runtime.model_watcher.status(), "ctr": deep_ctr.status() if deep_ctr else None})
+
+    @app.page("/metrics")
+    async def metrics_view(web: Any, request: Any) -> Any:
+        return web.bytes(runtime.metrics.render(), content_type="text/plain; version=0.0.4")
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json(
+            {
+                "status": "ok",
+                "worker": runtime.worker_name,
+                "uptime_s": round(time.time() - runtime.started_at, 1),
+                "assigned": sorted(
+                    f"{tp.topic}:{tp.partition}"
+                    for tp in [
+                        *app.assignor.assigned_actives(),
+                        *(bid_consumer.assignment() if bid_consumer is not None else ()),
+                    ]
+                ),
+                # Not rebalancing, tables recovered, streams flowing: input produced now is processed
+                # (faust-streaming skips, and acks, messages fetched while a rebalance is in progress).
+                "ready": not app.rebalancing
+                and not getattr(app, "in_recovery", False)
+                and app.flow_control.is_active(),
+            }
+        )
+
+
+def _unserved(app: faust.App, runtime: Runtime, path: str, group: str) -> None:
+    """``path`` answers 404, naming the agent group this worker does not run (any method)."""
+    doc = {
+        "error": "not_served",
+        "group": group,
+        "detail": f"this worker does not run the {group} agents "
+        f"(SHOPSTREAM_AGENTS={runtime.settings.agents}); ask a worker of the application that does",
+    }
+
+    class Unserved(faust.web.View):
+        async def get(self, request: Any, **params: Any) -> Any:
+            return self.json(doc, status=404)
+
+        post = put = delete = get
+
+    app.page(path, name=f"unserved:{path}")(Unserved)
+
+
+def _recs_views(app: faust.App, runtime: Runtime) -> None:
+    recent_items = runtime.extra["recent_items"]
+
+    @app.page("/recommendations/{user_id}")
+    @app.table_route(table=recent_items, match_info="user_id")
+    async def recommendations_view(web: Any, request: Any, user_id: str) -> Any:
+        """``GET /recommendations/{user_id}?k=10``, answered by the worker that owns the user's partition."""
+        raw_k = request.query.get("k", str(runtime.settings.recs_k))
+        try:
+            k = int(raw_k)
+        except ValueError:
+            k = -1
+        if not 1 <= k <= MAX_K:
+            return _bad_parameter(web, "k", f"k must be an integer in 1..{MAX_K}, got {raw_k!r}")
+        if not user_id or len(user_id) > 256:
+            return _bad_parameter(web, "user_id", "user_id must be 1..256 characters")
+        recent = list(recent_items[user_id])
+        rec = await runtime.recommender.recommend(user_id, recent, k=k)
+        runtime.metrics.recs_served.labels(path="http", source=rec.model).inc()
+        return web.bytes(encode(rec), content_type="application/json")
+
+
+def _inventory_views(app: faust.App, runtime: Runtime) -> None:
     inventory_state = runtime.extra["inventory_state"]
     inventory_processor: InventoryProcessor = runtime.extra["inventory_processor"]
 
@@ -954,8 +1040,9 @@ def _register_views(app: faust.App, runtime: Runtime) -> None:
             doc["plan"] = {k: v for k, v in plan.items()}
         return web.json(doc)
 
+
+def _bidding_views(app: faust.App, runtime: Runtime) -> None:
     bidder: Bidder = runtime.extra["bidder"]
-    bid_consumer: BidRequestConsumer = runtime.extra["bid_consumer"]
     http_seconds = runtime.metrics.bid_seconds.labels(path="http")
     openrtb_headers = {"x-openrtb-version": "2.6"}
 
@@ -1051,6 +1138,8 @@ def _register_views(app: faust.App, runtime: Runtime) -> None:
         }
         return web.json(st)
 
+
+def _care_crm_views(app: faust.App, runtime: Runtime) -> None:
     crm_state = runtime.extra["crm_state"]
 
     @app.page("/crm/{user_id}")
@@ -1072,33 +1161,6 @@ def _register_views(app: faust.App, runtime: Runtime) -> None:
                 "offline_model": getattr(getattr(router.offline, "version", None), "tag", None),
                 "sentiment_labels_seen": runtime.extra["sentiment"].seen,
                 "faq_entries": [e.id for e in router.faq.entries],
-            }
-        )
-
-    @app.page("/models")
-    async def models_view(web: Any, request: Any) -> Any:
-        return web.json({**runtime.model_watcher.status(), "ctr": runtime.extra["deep_ctr"].status()})
-
-    @app.page("/metrics")
-    async def metrics_view(web: Any, request: Any) -> Any:
-        return web.bytes(runtime.metrics.render(), content_type="text/plain; version=0.0.4")
-
-    @app.page("/healthz")
-    async def healthz(web: Any, request: Any) -> Any:
-        return web.json(
-            {
-                "status": "ok",
-                "worker": runtime.worker_name,
-                "uptime_s": round(time.time() - runtime.started_at, 1),
-                "assigned": sorted(
-                    f"{tp.topic}:{tp.partition}"
-                    for tp in [*app.assignor.assigned_actives(), *bid_consumer.assignment()]
-                ),
-                # Not rebalancing, tables recovered, streams flowing: input produced now is processed
-                # (faust-streaming skips, and acks, messages fetched while a rebalance is in progress).
-                "ready": not app.rebalancing
-                and not getattr(app, "in_recovery", False)
-                and app.flow_control.is_active(),
             }
         )
 

@@ -165,14 +165,12 @@ def care_crm_agents(app: faust.App, runtime: Runtime, orders_topic: Any) -> None
     @app.agent(orders_topic, name="crm")
     async def crm_agent(stream: faust.StreamT) -> None:
         """Orders → the customer's CRM state, Redis profile and CRM signals."""
+        dead_letters = runtime.extra.get("orders_dead_lettered_by") == "care_crm"
         async for event in stream.events():
             t0 = time.perf_counter()
-            try:
-                order = order_codec.decode(event.message.value)
-            except Exception:
-                continue  # dead-lettered by recommend_orders, which reads the same topic
-            if order.status != "placed":
-                continue
+            order = await runtime.dlq.decode_shared(order_codec, event.message, dead_letters)
+            if order is None or order.status != "placed":
+                continue  # bad orders are dead-lettered once, by the first agent group that reads them
             part = event.message.partition
             user = order.user_id
             st = dict(state.get(user) or crm.new_state(part))

@@ -71,6 +71,17 @@ class DeadLetterSink:
             await self.send(err, message)
             return None
 
+    async def decode_shared(self, codec: Any, message: Any, dead_letters: bool) -> Any:
+        """Decode for one of several agents that read one topic: only the one that
+        ``dead_letters`` sends a bad message to the dead-letter topic, so it lands there once;
+        the others skip it (None)."""
+        if dead_letters:
+            return await self.decode(codec, message)
+        try:
+            return codec.decode(message.value)
+        except SchemaError:
+            return None
+
     async def send(self, error: SchemaError, message: Any) -> Any:
         """Dead-letter a Faust ``Message``; return the delivery future to await."""
         dl = dead_letter(

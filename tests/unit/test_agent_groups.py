@@ -1,0 +1,133 @@
+"""Workers that run some agent groups only (``SHOPSTREAM_AGENTS``): no broker, no Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from schemas.events import DEAD_LETTER_CODEC
+from shopstream.settings import Settings, SettingsError
+from streams.app import create_app
+
+CLICKS = "shop.clicks.v1"
+ALL_AGENTS = {
+    "recommend",
+    "recommend_orders",
+    "inventory_demand",
+    "inventory",
+    "ad_events",
+    "crm",
+    "reviews",
+    "care",
+}
+
+
+def worker(tmp_path: Path, agents: str) -> Any:
+    settings = Settings.from_env({}, data_dir=tmp_path / "d", lake_dir=tmp_path / "lake", agents=agents)
+    app = create_app(settings, worker_name="unit")
+    app.finalize()
+    app.conf.store = "memory://"
+    return app
+
+
+def inputs(app: Any) -> set[str]:
+    return {t for agent in app.agents.values() for t in agent.channel.topics}
+
+
+@pytest.mark.parametrize(
+    ("agents", "names", "topics", "lead", "orders_dlq"),
+    [
+        ("all", ALL_AGENTS, None, CLICKS, "recs"),
+        ("recs", {"recommend", "recommend_orders"}, {CLICKS, "shop.orders.v1"}, CLICKS, "recs"),
+        ("bidding", {"ad_events"}, {"ads.events.v1"}, "ads.events.v1", None),
+        (
+            "care_crm, inventory",
+            {"inventory_demand", "inventory", "crm", "reviews", "care"},
+            {"shop.orders.v1", "shop.demand.v1", "shop.inventory.v1", "shop.reviews.v1", "care.messages.v1"},
+            "care.messages.v1",
+            "inventory",
+        ),
+    ],
+)
+def test_a_worker_runs_the_agent_groups_it_is_given_and_reads_only_their_topics(
+    tmp_path: Path, agents: str, names: set[str], topics: set[str] | None, lead: str, orders_dlq: str | None
+) -> None:
+    app = worker(tmp_path, agents)
+    rt = app.shopstream
+    assert {a.name for a in app.agents.values()} == names
+    if topics is not None:
+        assert inputs(app) == topics
+    assert rt.extra["lead_topic"] == lead  # the partition-0 owner of this topic publishes ops alerts
+    assert rt.extra["orders_dead_lettered_by"] == orders_dlq
+    # The bid-request consumer (not a Faust agent) runs with the bidding group only.
+    assert ("bid_consumer" in rt.extra) == ("bidding" in rt.settings.agent_groups())
+
+
+def test_an_unknown_group_is_refused_with_the_valid_ones(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"unknown group 'ads'; expected all or a comma list of recs, "):
+        worker(tmp_path, "recs,ads")
+    with pytest.raises(SettingsError, match="at least one group"):
+        worker(tmp_path, " , ")
+
+
+async def test_pages_of_groups_not_run_answer_404_and_name_the_group(tmp_path: Path) -> None:
+    app = worker(tmp_path, "recs")
+    app.web.init_server()
+    async with TestClient(TestServer(app.web.web_app)) as client:
+        for method, path, group in [
+            ("post", "/openrtb2/bid", "bidding"),
+            ("get", "/openrtb2/win?bid=b1&price=1.0", "bidding"),
+            ("get", "/campaigns", "bidding"),
+            ("get", "/inventory/sku-1", "inventory"),
+            ("get", "/crm/u1", "care_crm"),
+            ("get", "/care", "care_crm"),
+        ]:
+            resp = await getattr(client, method)(path)
+            doc = await resp.json()
+            assert resp.status == 404, path
+            assert doc["error"] == "not_served" and doc["group"] == group, path
+            assert "SHOPSTREAM_AGENTS=recs" in doc["detail"]
+        resp = await client.get("/healthz")
+        assert resp.status == 200 and (await resp.json())["status"] == "ok"
+        resp = await client.get("/models")
+        assert resp.status == 200 and (await resp.json())["ctr"] is None  # no bidding, no CTR model
+
+
+async def test_a_bad_order_is_dead_lettered_once_by_the_first_group_that_reads_orders(tmp_path: Path) -> None:
+    """Without the recs group, inventory dead-letters bad orders and crm skips them."""
+    app = worker(tmp_path, "care_crm,inventory")
+    rt = app.shopstream
+    sent: list[tuple[str, bytes]] = []
+
+    async def publish(topic: str, key: bytes | None, value: bytes, headers: Any = None) -> Any:
+        sent.append((topic, value))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    rt.publish = publish
+    bad = b'{"type":"order","event_id":"o1"'
+    good = msgspec.json.encode(
+        {
+            "type": "order",
+            "event_id": "o2",
+            "ts": 1.0,
+            "user_id": "u1",
+            "order_id": "A1",
+            "lines": [{"sku": "s1", "qty": 2, "unit_price": 3.0, "currency": "EUR"}],
+        }
+    )
+    async with app.agents["inventory_demand"].test_context() as ctx:
+        await ctx.put(bad, key=b"u1")
+    async with app.agents["crm"].test_context() as ctx:
+        await ctx.put(bad, key=b"u1")
+        await ctx.put(good, key=b"u1")
+    letters = [DEAD_LETTER_CODEC.decode(v) for t, v in sent if t == "shop.orders.v1.dlq"]
+    assert [(d.reason, d.original) for d in letters] == [("malformed_json", bad)]
+    # crm skipped the bad order (no second dead letter) and went on with the good one.
+    assert rt.extra["crm_state"]["u1"]["c"]["n_orders"] == 1
