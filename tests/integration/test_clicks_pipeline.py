@@ -191,3 +191,40 @@ def test_bad_input_goes_to_the_dlq_and_good_input_is_all_processed(settings_fact
     text = worker.metrics_text()
     for reason, n in BAD_KINDS.items():
         assert metric_value(text, "shopstream_dlq_events_total", {"reason": reason}) == n
+
+
+def test_a_recs_only_worker_reads_clicks_and_orders_only_and_recommends(settings_factory, worker_factory):
+    """SHOPSTREAM_AGENTS=recs: the slice works, and the worker is assigned no other input topic."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    settings = settings_factory(agents="recs", archive=False)
+    asyncio.run(ensure_topics(settings))
+    worker = worker_factory(settings)
+    health = worker.wait_ready(timeout=90, topic=settings.topic_prefix + "shop.clicks.v1")
+    inputs = {t.split(":")[0] for t in health["assigned"] if not t.endswith("-changelog")}
+    inputs.discard(f"{settings.app_id}-__assignor-__leader")
+    assert inputs <= {settings.topic_prefix + "shop.clicks.v1", settings.topic_prefix + "shop.orders.v1"}
+
+    clicks = make_clicks(500, seed=3)
+    topic = settings.topic_prefix + "shop.clicks.v1"
+    asyncio.run(
+        produce_all(settings.kafka_bootstrap, ((topic, c["user_id"].encode(), enc.encode(c)) for c in clicks))
+    )
+    recs = asyncio.run(
+        consume_until(
+            settings.kafka_bootstrap,
+            settings.topic_prefix + "shop.recommendations.v1",
+            lambda m: len(m) >= len(clicks),
+            120,
+        )
+    )
+    assert {RECOMMENDATION_CODEC.decode(m.value).event_id for m in recs} == {c["event_id"] for c in clicks}
+
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(worker.url + "/campaigns", timeout=5)
+    assert err.value.code == 404
+    assert json.loads(err.value.read())["group"] == "bidding"
+    with urllib.request.urlopen(worker.url + "/recommendations/user-1?k=5", timeout=5) as r:
+        assert r.status == 200 and len(json.loads(r.read())["items"]) <= 5
