@@ -21,6 +21,12 @@ pytestmark = pytest.mark.integration
 enc = msgspec.json.Encoder()
 
 
+def consume_recs(settings, n: int, timeout_s: float = 120) -> list:
+    """At least ``n`` messages of the recommendations topic, or all that came within ``timeout_s``."""
+    topic = settings.topic_prefix + "shop.recommendations.v1"
+    return asyncio.run(consume_until(settings.kafka_bootstrap, topic, lambda m: len(m) >= n, timeout_s))
+
+
 def make_clicks(n: int, n_users: int = 300, n_items: int = 200, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     out = []
@@ -162,14 +168,7 @@ def test_bad_input_goes_to_the_dlq_and_good_input_is_all_processed(settings_fact
     asyncio.run(produce_all(settings.kafka_bootstrap, mixed))
 
     dlq = asyncio.run(consume_until(settings.kafka_bootstrap, topic + ".dlq", lambda m: len(m) >= 500, 120))
-    recs = asyncio.run(
-        consume_until(
-            settings.kafka_bootstrap,
-            settings.topic_prefix + "shop.recommendations.v1",
-            lambda m: len(m) >= len(clicks),
-            120,
-        )
-    )
+    recs = consume_recs(settings, len(clicks))
     assert len({RECOMMENDATION_CODEC.decode(m.value).event_id for m in recs}) == len(clicks)
 
     # Exactly 500 dead letters: nothing more arrives after a grace period.
@@ -213,14 +212,7 @@ def test_a_recs_only_worker_reads_clicks_and_orders_only_and_recommends(settings
     asyncio.run(
         produce_all(settings.kafka_bootstrap, ((topic, c["user_id"].encode(), enc.encode(c)) for c in clicks))
     )
-    recs = asyncio.run(
-        consume_until(
-            settings.kafka_bootstrap,
-            settings.topic_prefix + "shop.recommendations.v1",
-            lambda m: len(m) >= len(clicks),
-            120,
-        )
-    )
+    recs = consume_recs(settings, len(clicks))
     assert {RECOMMENDATION_CODEC.decode(m.value).event_id for m in recs} == {c["event_id"] for c in clicks}
 
     with pytest.raises(urllib.error.HTTPError) as err:
