@@ -389,11 +389,31 @@ def plot_latency_vs_load(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = sorted(points, key=lambda p: p["offered_per_s"])
-    x = [p["offered_per_s"] for p in pts]
+    # The sweep (phase 4) as lines; the fixed-rate phase (2), longer and run before the
+    # throughput phase, as separate hollow markers.
+    sweep = sorted(
+        (p for p in points if p["fraction_of_sustained"] is not None), key=lambda p: p["offered_per_s"]
+    )
+    fixed = [p for p in points if p["fraction_of_sustained"] is None]
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    ax.plot(x, [p["p50_ms"] for p in pts], "o-", label="p50")
-    ax.plot(x, [p["p99_ms"] for p in pts], "s-", label="p99")
+    for key, style, color in (("p50_ms", "o", "tab:blue"), ("p99_ms", "s", "tab:orange")):
+        name = key.split("_")[0]
+        ax.plot(
+            [p["offered_per_s"] for p in sweep],
+            [p[key] for p in sweep],
+            style + "-",
+            color=color,
+            label=f"{name}, load sweep",
+        )
+        ax.plot(
+            [p["offered_per_s"] for p in fixed],
+            [p[key] for p in fixed],
+            style,
+            color=color,
+            mfc="none",
+            ms=9,
+            label=f"{name}, fixed-rate phase",
+        )
     ax.axhline(
         P99_TARGET_MS, color="k", ls="--", lw=0.8, label=f"p99 target {P99_TARGET_MS:.0f} ms (at 1,000/s)"
     )
@@ -694,7 +714,7 @@ def run(cfg: dict[str, float], keep_log: Path | None = None) -> tuple[dict[str, 
                 session_timeout_s=6,
                 heartbeat_interval_s=0.5,
                 # A worker of the recommendation pool (README, Scaling out); SHOPSTREAM_AGENTS=all
-                # measures one that runs every agent, as all runs before 2026-11-30 12:30 did.
+                # measures one that runs every agent, as every run before 79084a4 did.
                 agents=os.environ.get("SHOPSTREAM_AGENTS", "recs"),
             )
             created = asyncio.run(ensure_topics(settings))
@@ -738,20 +758,18 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     res, notes = run(cfg, args.keep_log)
     lat = res["latency_ms"]
-    curve = sorted([res["latency_point"], *res["sweep"]], key=lambda p: p["offered_per_s"])
+    # Points whose rate is unknown (no click sent) are left out; each says how many of its clicks matched.
+    curve = sorted(
+        (p for p in [res["latency_point"], *res["sweep"]] if p["offered_per_s"] == p["offered_per_s"]),
+        key=lambda p: p["offered_per_s"],
+    )
     for p in curve:
         log(
             f"load: {p['offered_per_s']:>8,.0f} clicks/s  p50 {p['p50_ms']:>9.1f} ms"
             f"  p99 {p['p99_ms']:>9.1f} ms  worker CPU {p['worker_cpu_util']:.2f}"
+            f"  matched {p['matched']:,}/{p['sent']:,}"
         )
-    png = (args.out or default_out(NAME, args.quick)).with_suffix(".png")
-    plot_latency_vs_load(
-        curve,
-        res["tput_worker_rate"],
-        png,
-        f"benchmarks/pipeline.py{' --quick' if args.quick else ''} @ {git_commit()[:12]}, "
-        f"{os.cpu_count()} CPUs\none worker: latency against the offered rate",
-    )
+    commit = git_commit()  # before the results and the plot change the tree
     metrics: dict[str, Any] = {
         "throughput_clicks_per_s": round(res["tput_worker_rate"], 1),
         "throughput_end_to_end_clicks_per_s": round(res["tput_end_to_end_rate"], 1),
@@ -811,6 +829,14 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": round(time.monotonic() - t0, 1),
     }
     write_results(NAME, args.quick, params, metrics, baselines, targets, out=args.out)
+    plot_latency_vs_load(
+        curve,
+        res["tput_worker_rate"],
+        (args.out or default_out(NAME, args.quick)).with_suffix(".png"),
+        f"benchmarks/pipeline.py{' --quick' if args.quick else ''} @ {commit[:12]}, "
+        f"{os.cpu_count()} CPUs, SHOPSTREAM_AGENTS={res['settings']['agents']}\n"
+        "one worker: latency against the offered rate",
+    )
     return 0
 
 

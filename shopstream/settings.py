@@ -21,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 PREFIX = "SHOPSTREAM_"
+DEFAULT_APP_ID = "shopstream"
 
 
 #: Agent groups a worker can run (``SHOPSTREAM_AGENTS``), with the input topics they read:
 #: ``recs`` clicks and orders (recommendations), ``inventory`` orders, inventory and demand,
 #: ``bidding`` bid requests and ad events, ``care_crm`` orders, reviews and support messages.
 AGENT_GROUPS = ("recs", "inventory", "bidding", "care_crm")
+#: The groups that read orders, in the order in which one of them is chosen to dead-letter them.
+ORDERS_READERS = ("recs", "inventory", "care_crm")
 
 
 class SettingsError(ValueError):
@@ -49,7 +52,7 @@ class Settings:
     #: Redis URL for the feature store.
     redis_url: str = "redis://127.0.0.1:6379/0"
     #: Faust application id; also the consumer-group id.
-    app_id: str = "shopstream"
+    app_id: str = DEFAULT_APP_ID
     #: Prefix of every topic name (tests use a unique one per run).
     topic_prefix: str = ""
     #: Partitions of the input topics and of the tables co-partitioned with them.
@@ -79,6 +82,9 @@ class Settings:
     #: :data:`AGENT_GROUPS`. Workers that run different groups are different
     #: applications: give each set its own ``app_id`` (README, Scaling out).
     agents: str = "all"
+    #: Whether this application dead-letters orders that fail their schema. Where several
+    #: applications read the orders topic (worker pools), set it false in all but one.
+    dead_letter_orders: bool = True
     #: Root of the Parquet event lake.
     lake_dir: Path = Path(".var/lake")
     #: Roll a lake file after this many rows...
@@ -200,11 +206,15 @@ class Settings:
     def agent_groups(self) -> frozenset[str]:
         """The agent groups named by ``agents``, checked.
 
-        >>> sorted(Settings(agents="recs, bidding").agent_groups())
+        A worker that runs some groups only is refused the default ``app_id``: workers
+        with different subscriptions in one consumer group would be assigned
+        partitions that they do not read.
+
+        >>> sorted(Settings(agents="recs, bidding", app_id="shop-recs").agent_groups())
         ['bidding', 'recs']
         >>> Settings().agent_groups() == frozenset(AGENT_GROUPS)
         True
-        >>> Settings(agents="recs,ads").agent_groups()  # doctest: +ELLIPSIS
+        >>> Settings(agents="recs,ads", app_id="shop-recs")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         shopstream.settings.SettingsError: SHOPSTREAM_AGENTS='recs,ads': unknown group 'ads'; expected ...
@@ -212,15 +222,22 @@ class Settings:
         names = [n.strip() for n in self.agents.split(",") if n.strip()]
         if names == ["all"]:
             return frozenset(AGENT_GROUPS)
+        expected = f"expected all, or a comma list of {', '.join(AGENT_GROUPS)}"
         for n in names:
             if n not in AGENT_GROUPS:
-                raise SettingsError(
-                    f"{PREFIX}AGENTS={self.agents!r}: unknown group {n!r}; "
-                    f"expected all or a comma list of {', '.join(AGENT_GROUPS)}"
-                )
+                why = "all stands alone" if n == "all" else f"unknown group {n!r}"
+                raise SettingsError(f"{PREFIX}AGENTS={self.agents!r}: {why}; {expected}")
         if not names:
-            raise SettingsError(f"{PREFIX}AGENTS={self.agents!r}: name at least one group, or all")
+            raise SettingsError(f"{PREFIX}AGENTS={self.agents!r}: {expected}")
+        if self.app_id == DEFAULT_APP_ID:
+            raise SettingsError(
+                f"{PREFIX}AGENTS={self.agents!r} needs its own {PREFIX}APP_ID (not the default "
+                f"{DEFAULT_APP_ID!r}): workers that run different agent groups are different applications"
+            )
         return frozenset(names)
+
+    def __post_init__(self) -> None:
+        self.agent_groups()  # refuse a bad SHOPSTREAM_AGENTS where the settings are read
 
     @property
     def kafka_url(self) -> str:

@@ -64,7 +64,7 @@ from serving.inventory import InventoryProcessor, UnknownSku
 from serving.recs import MicroBatcher, ModelWatcher, Recommender, RecRequest, parse_boosts
 from serving.registry import ModelRegistry, RegistryError
 from shopstream.services import MESSAGE_MAX_BYTES
-from shopstream.settings import Settings
+from shopstream.settings import ORDERS_READERS, Settings
 from streams.archive import LakeArchiver
 from streams.bid_consumer import BidRequestConsumer, request_id
 from streams.care_crm import care_crm_agents
@@ -662,21 +662,24 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
 
     flusher = FeatureFlusher(runtime)
     app.service(flusher)  # type: ignore[arg-type]
-    app.service(ModelWatcherService(runtime, settings.model_poll_s))  # type: ignore[arg-type]
+    groups = settings.agent_groups()
+    if "recs" in groups:  # the served recommendation model: loaded, swapped and batched for recs only
+        app.service(ModelWatcherService(runtime, settings.model_poll_s))  # type: ignore[arg-type]
+    # The producer's linger (it grows while the clickstream agent is behind: recs only).
+    metrics.producer_linger.set(settings.producer_linger_s)
     app.service(OpsService(app, runtime))  # type: ignore[arg-type]
     app.service(LoopWatchService(runtime))  # type: ignore[arg-type]
     watchdog = RecoveryWatchdog(app, settings.recovery_stall_s)
     runtime.extra["recovery_watchdog"] = watchdog
     app.service(watchdog)  # type: ignore[arg-type]
 
-    # The agent groups this worker runs (SHOPSTREAM_AGENTS); orders feed three of them, and the
-    # first of those that runs here dead-letters the orders that fail their schema.
-    groups = settings.agent_groups()
+    # Orders feed three agent groups (SHOPSTREAM_AGENTS); the first of those that runs here
+    # dead-letters the orders that fail their schema, unless SHOPSTREAM_DEAD_LETTER_ORDERS=false.
     orders_topic = app.topic(topics.orders, partitions=settings.partitions, value_serializer="raw")
     order_codec: Codec[Order] = Codec(Order, settings.max_event_bytes)
     runtime.extra["agent_groups"] = groups
-    runtime.extra["orders_dead_lettered_by"] = next(
-        (g for g in ("recs", "inventory", "care_crm") if g in groups), None
+    runtime.extra["orders_dead_lettered_by"] = (
+        next((g for g in ORDERS_READERS if g in groups), None) if settings.dead_letter_orders else None
     )
     if "recs" in groups:
         clicks_topic = app.topic(topics.clicks, partitions=settings.partitions, value_serializer="raw")
@@ -694,7 +697,6 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         proc_time = metrics.processing.labels(agent="recommend")
         # Longer producer batches while the agent is behind (streams/linger.py).
         linger_now = metrics.producer_linger
-        linger_now.set(settings.producer_linger_s)
 
         def linger_switched(seconds: float) -> None:
             linger_now.set(seconds)

@@ -15,6 +15,15 @@ from shopstream.settings import Settings, SettingsError
 from streams.app import create_app
 
 CLICKS = "shop.clicks.v1"
+ALL_INPUTS = {
+    CLICKS,
+    "shop.orders.v1",
+    "shop.demand.v1",
+    "shop.inventory.v1",
+    "ads.events.v1",
+    "shop.reviews.v1",
+    "care.messages.v1",
+}
 ALL_AGENTS = {
     "recommend",
     "recommend_orders",
@@ -27,8 +36,15 @@ ALL_AGENTS = {
 }
 
 
-def worker(tmp_path: Path, agents: str) -> Any:
-    settings = Settings.from_env({}, data_dir=tmp_path / "d", lake_dir=tmp_path / "lake", agents=agents)
+def worker(tmp_path: Path, agents: str, **overrides: Any) -> Any:
+    settings = Settings.from_env(
+        {},
+        data_dir=tmp_path / "d",
+        lake_dir=tmp_path / "lake",
+        agents=agents,
+        app_id="shopstream" if agents == "all" else "shopstream-pool",
+        **overrides,
+    )
     app = create_app(settings, worker_name="unit")
     app.finalize()
     app.conf.store = "memory://"
@@ -42,7 +58,7 @@ def inputs(app: Any) -> set[str]:
 @pytest.mark.parametrize(
     ("agents", "names", "topics", "lead", "orders_dlq"),
     [
-        ("all", ALL_AGENTS, None, CLICKS, "recs"),
+        ("all", ALL_AGENTS, ALL_INPUTS, CLICKS, "recs"),
         ("recs", {"recommend", "recommend_orders"}, {CLICKS, "shop.orders.v1"}, CLICKS, "recs"),
         ("bidding", {"ad_events"}, {"ads.events.v1"}, "ads.events.v1", None),
         (
@@ -55,24 +71,46 @@ def inputs(app: Any) -> set[str]:
     ],
 )
 def test_a_worker_runs_the_agent_groups_it_is_given_and_reads_only_their_topics(
-    tmp_path: Path, agents: str, names: set[str], topics: set[str] | None, lead: str, orders_dlq: str | None
+    tmp_path: Path, agents: str, names: set[str], topics: set[str], lead: str, orders_dlq: str | None
 ) -> None:
     app = worker(tmp_path, agents)
     rt = app.shopstream
     assert {a.name for a in app.agents.values()} == names
-    if topics is not None:
-        assert inputs(app) == topics
+    assert inputs(app) == topics
     assert rt.extra["lead_topic"] == lead  # the partition-0 owner of this topic publishes ops alerts
     assert rt.extra["orders_dead_lettered_by"] == orders_dlq
     # The bid-request consumer (not a Faust agent) runs with the bidding group only.
     assert ("bid_consumer" in rt.extra) == ("bidding" in rt.settings.agent_groups())
 
 
-def test_an_unknown_group_is_refused_with_the_valid_ones(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match=r"unknown group 'ads'; expected all or a comma list of recs, "):
-        worker(tmp_path, "recs,ads")
-    with pytest.raises(SettingsError, match="at least one group"):
-        worker(tmp_path, " , ")
+def test_bad_groups_and_a_shared_app_id_are_refused_where_the_settings_are_read() -> None:
+    env = {"SHOPSTREAM_APP_ID": "shop-recs"}
+    with pytest.raises(SettingsError, match=r"unknown group 'ads'; expected all, or a comma list of recs, "):
+        Settings.from_env({**env, "SHOPSTREAM_AGENTS": "recs,ads"})
+    with pytest.raises(SettingsError, match="all stands alone"):
+        Settings.from_env({**env, "SHOPSTREAM_AGENTS": "all,recs"})
+    with pytest.raises(SettingsError, match="expected all, or a comma list"):
+        Settings.from_env({**env, "SHOPSTREAM_AGENTS": " , "})
+    with pytest.raises(SettingsError, match="needs its own SHOPSTREAM_APP_ID"):
+        Settings.from_env({"SHOPSTREAM_AGENTS": "recs"})
+    assert Settings.from_env({**env, "SHOPSTREAM_AGENTS": "recs"}).agent_groups() == {"recs"}
+
+
+@pytest.mark.parametrize(
+    ("agents", "dead_letter_orders", "by"),
+    [
+        ("care_crm", True, "care_crm"),
+        ("recs,care_crm", True, "recs"),
+        ("inventory,care_crm", True, "inventory"),
+        ("inventory,care_crm", False, None),  # another application's pool dead-letters them
+        ("bidding", True, None),
+    ],
+)
+def test_one_group_of_an_application_dead_letters_bad_orders(
+    tmp_path: Path, agents: str, dead_letter_orders: bool, by: str | None
+) -> None:
+    rt = worker(tmp_path, agents, dead_letter_orders=dead_letter_orders).shopstream
+    assert rt.extra["orders_dead_lettered_by"] == by
 
 
 async def test_pages_of_groups_not_run_answer_404_and_name_the_group(tmp_path: Path) -> None:
