@@ -89,7 +89,6 @@ class Runtime:
     store: RedisFeatureStore
     processor: ClickstreamProcessor
     recommender: Recommender
-    batcher: MicroBatcher
     model_watcher: ModelWatcher
     dlq: DeadLetterSink
     worker_name: str
@@ -185,10 +184,12 @@ class RecoveryWatchdog(Service):
 
 
 class ModelWatcherService(Service):
-    """Checks the registry every ``interval`` seconds and hot-swaps the served model."""
+    """Checks the registry every ``interval`` seconds and hot-swaps the served model;
+    runs the recommendation micro-batches computed with it."""
 
-    def __init__(self, runtime: Runtime, interval: float, **kwargs: Any) -> None:
+    def __init__(self, runtime: Runtime, batcher: MicroBatcher, interval: float, **kwargs: Any) -> None:
         self.runtime = runtime
+        self.batcher = batcher
         self.interval = interval
         super().__init__(**kwargs)
 
@@ -203,11 +204,11 @@ class ModelWatcherService(Service):
 
     @Service.task
     async def _batches(self) -> None:
-        await self.runtime.batcher.run(lambda: self.should_stop)
+        await self.batcher.run(lambda: self.should_stop)
 
     async def on_stop(self) -> None:
         try:
-            await self.runtime.batcher.flush()
+            await self.batcher.flush()
         finally:
             await self.runtime.recommender.close()
 
@@ -645,12 +646,6 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         store=store,
         processor=processor,
         recommender=recommender,
-        batcher=MicroBatcher(
-            recommender,
-            lambda rec, token: deliver_rec(rec, token),
-            max_batch=settings.recs_batch_max,
-            max_wait_s=settings.recs_batch_wait_s,
-        ),
         model_watcher=ModelWatcher(
             recommender, ModelRegistry(settings.model_dir), settings.recs_model, metrics=metrics
         ),
@@ -663,8 +658,6 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
     flusher = FeatureFlusher(runtime)
     app.service(flusher)  # type: ignore[arg-type]
     groups = settings.agent_groups()
-    if "recs" in groups:  # the served recommendation model: loaded, swapped and batched for recs only
-        app.service(ModelWatcherService(runtime, settings.model_poll_s))  # type: ignore[arg-type]
     # The producer's linger (it grows while the clickstream agent is behind: recs only).
     metrics.producer_linger.set(settings.producer_linger_s)
     app.service(OpsService(app, runtime))  # type: ignore[arg-type]
@@ -682,126 +675,7 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         next((g for g in ORDERS_READERS if g in groups), None) if settings.dead_letter_orders else None
     )
     if "recs" in groups:
-        clicks_topic = app.topic(topics.clicks, partitions=settings.partitions, value_serializer="raw")
-        recs_name = topics.recommendations
-        recent_items = app.Table("recent-items", default=list, partitions=settings.partitions)
-        runtime.extra["recent_items"] = recent_items
-        click_codec: Codec[ClickEvent] = Codec(ClickEvent, settings.max_event_bytes)
-
-        bought_items = app.Table("bought-items", default=list, partitions=settings.partitions)
-        runtime.extra["bought_items"] = bought_items
-
-        in_clicks = metrics.events_in.labels(topic=topics.clicks)
-        in_orders = metrics.events_in.labels(topic=topics.orders)
-        out_recs = metrics.events_out.labels(topic=topics.recommendations)
-        proc_time = metrics.processing.labels(agent="recommend")
-        # Longer producer batches while the agent is behind (streams/linger.py).
-        linger_now = metrics.producer_linger
-
-        def linger_switched(seconds: float) -> None:
-            linger_now.set(seconds)
-            metrics.producer_linger_switches.inc()
-            app.log.info(
-                "producer linger now %.0f ms (clickstream %s)",
-                1e3 * seconds,
-                "behind" if seconds > settings.producer_linger_s else "caught up",
-            )
-
-        linger = backlog_linger(app, settings, on_switch=linger_switched)
-        runtime.extra["producer_linger"] = linger
-        if linger is not None:
-            app.service(LingerTicker(linger))  # type: ignore[arg-type]
-        # Records behind each event in its partition (the agent's own buffer stays empty: streams/linger.py).
-        runtime.extra["partition_backlog"] = partition_backlog(app.consumer)
-        order_time = metrics.processing.labels(agent="recommend_orders")
-
-        async def publish_recs(user: str, recent: list[str], event_id: str, source_ts: float) -> None:
-            """A fresh list for ``user``: from the trained model when one is loaded, else the online model."""
-            rec = await recommender.recommend(user, recent, event_id=event_id, source_ts=source_ts)
-            await deliver_rec(rec, None)
-
-        served_by: dict[str, Any] = {}  # model name -> its labelled counter (labels() per message costs)
-
-        async def deliver_rec(rec: Any, token: Any) -> None:
-            runtime.quality.shown(rec.user_id, (i.item_id for i in rec.items))
-            await runtime.publish(recs_name, rec.user_id.encode(), encode(rec), None)
-            out_recs.inc()
-            served = served_by.get(rec.model)
-            if served is None:
-                served = served_by[rec.model] = metrics.recs_served.labels(path="topic", source=rec.model)
-            served.inc()
-            if token is not None:
-                stream, event = token
-                await stream.ack(event)
-
-        @app.agent(clicks_topic, name="recommend")
-        async def recommend(stream: faust.StreamT) -> None:
-            """Clickstream → recent-items table, online model, features → recommendations.
-
-            Outputs are handed to the producer without waiting for their delivery;
-            Faust flushes the producer before it commits offsets, so a crash can
-            repeat outputs but never lose them (at-least-once).
-            """
-            # Acks are manual: with a trained model, lists are computed in micro-batches
-            # (one Redis round trip and one ONNX call per batch) and an event is acked
-            # only once its list is handed to the producer.
-            noack: Any = stream.noack()  # type: ignore[attr-defined]
-            batcher = runtime.batcher
-            quality = runtime.quality
-            behind = runtime.extra["partition_backlog"]
-            async for event in noack.events():
-                t0 = time.perf_counter()
-                message = event.message
-                if linger is not None:
-                    linger.observe(behind(message))
-                in_clicks.inc()
-                ev = await runtime.dlq.decode(click_codec, message)
-                if ev is None:
-                    await noack.ack(event)
-                    continue
-                user = ev.user_id
-                item = getattr(ev, "item_id", None)
-                if item is not None and quality.test(user, item) is not None:
-                    miss_rate = quality.batch_error()
-                    if miss_rate is not None and (drift := runtime.alerts.model_error("recs", miss_rate)):
-                        runtime.extra.setdefault("pending_alerts", []).extend(drift)
-                recent = recent_items[user]
-                new_recent, due = processor.learn(ev, recent)
-                if new_recent is not recent:
-                    recent_items[user] = new_recent
-                if not due:
-                    await noack.ack(event)
-                elif recommender.model is None:
-                    rec = processor.recommend(user, new_recent, ev.event_id, ev.ts)
-                    await deliver_rec(rec, (noack, event))
-                else:
-                    batcher.add(RecRequest(user, new_recent, None, ev.event_id, ev.ts), (noack, event))
-                    if batcher.full:
-                        await batcher.submit()
-                proc_time.observe(time.perf_counter() - t0)
-                if runtime.features.full:
-                    await flusher.flush_once()
-
-        @app.agent(orders_topic, name="recommend_orders")
-        async def recommend_orders(stream: faust.StreamT) -> None:
-            """Orders → bought-items table, online model, features → a fresh list (bought items dropped)."""
-            async for event in stream.events():
-                t0 = time.perf_counter()
-                message = event.message
-                in_orders.inc()
-                order = await runtime.dlq.decode(order_codec, message)
-                if order is None or order.status != "placed":
-                    continue
-                user = order.user_id
-                recent, bought = processor.learn_order(order, recent_items[user], bought_items[user])
-                recent_items[user] = recent
-                bought_items[user] = bought
-                # The list must not offer what was just bought, even before the features reach Redis.
-                await flusher.flush_once()
-                await publish_recs(user, recent, order.event_id, order.ts)
-                order_time.observe(time.perf_counter() - t0)
-
-        runtime.extra["recommend_agent"] = recommend
+        _recs_agents(app, runtime, flusher, orders_topic, order_codec)
     if "inventory" in groups:
         _inventory_agents(app, runtime, orders_topic)
     if "bidding" in groups:
@@ -817,6 +691,142 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         app.service(archiver)  # type: ignore[arg-type]
     _register_views(app, runtime)
     return app
+
+
+def _recs_agents(
+    app: faust.App, runtime: Runtime, flusher: FeatureFlusher, orders_topic: Any, order_codec: Codec[Order]
+) -> None:
+    """Clicks and orders → recent- and bought-items tables, the online model, features → lists.
+
+    With them the served model's watcher and the micro-batches it computes lists in.
+    """
+    settings, metrics, topics = runtime.settings, runtime.metrics, runtime.topics
+    processor, recommender = runtime.processor, runtime.recommender
+    batcher = MicroBatcher(
+        recommender,
+        lambda rec, token: deliver_rec(rec, token),
+        max_batch=settings.recs_batch_max,
+        max_wait_s=settings.recs_batch_wait_s,
+    )
+    app.service(ModelWatcherService(runtime, batcher, settings.model_poll_s))  # type: ignore[arg-type]
+    clicks_topic = app.topic(topics.clicks, partitions=settings.partitions, value_serializer="raw")
+    recs_name = topics.recommendations
+    recent_items = app.Table("recent-items", default=list, partitions=settings.partitions)
+    runtime.extra["recent_items"] = recent_items
+    click_codec: Codec[ClickEvent] = Codec(ClickEvent, settings.max_event_bytes)
+
+    bought_items = app.Table("bought-items", default=list, partitions=settings.partitions)
+    runtime.extra["bought_items"] = bought_items
+
+    in_clicks = metrics.events_in.labels(topic=topics.clicks)
+    in_orders = metrics.events_in.labels(topic=topics.orders)
+    out_recs = metrics.events_out.labels(topic=topics.recommendations)
+    proc_time = metrics.processing.labels(agent="recommend")
+    # Longer producer batches while the agent is behind (streams/linger.py).
+    linger_now = metrics.producer_linger
+
+    def linger_switched(seconds: float) -> None:
+        linger_now.set(seconds)
+        metrics.producer_linger_switches.inc()
+        app.log.info(
+            "producer linger now %.0f ms (clickstream %s)",
+            1e3 * seconds,
+            "behind" if seconds > settings.producer_linger_s else "caught up",
+        )
+
+    linger = backlog_linger(app, settings, on_switch=linger_switched)
+    runtime.extra["producer_linger"] = linger
+    if linger is not None:
+        app.service(LingerTicker(linger))  # type: ignore[arg-type]
+    # Records behind each event in its partition (the agent's own buffer stays empty: streams/linger.py).
+    runtime.extra["partition_backlog"] = partition_backlog(app.consumer)
+    order_time = metrics.processing.labels(agent="recommend_orders")
+
+    async def publish_recs(user: str, recent: list[str], event_id: str, source_ts: float) -> None:
+        """A fresh list for ``user``: from the trained model when one is loaded, else the online model."""
+        rec = await recommender.recommend(user, recent, event_id=event_id, source_ts=source_ts)
+        await deliver_rec(rec, None)
+
+    served_by: dict[str, Any] = {}  # model name -> its labelled counter (labels() per message costs)
+
+    async def deliver_rec(rec: Any, token: Any) -> None:
+        runtime.quality.shown(rec.user_id, (i.item_id for i in rec.items))
+        await runtime.publish(recs_name, rec.user_id.encode(), encode(rec), None)
+        out_recs.inc()
+        served = served_by.get(rec.model)
+        if served is None:
+            served = served_by[rec.model] = metrics.recs_served.labels(path="topic", source=rec.model)
+        served.inc()
+        if token is not None:
+            stream, event = token
+            await stream.ack(event)
+
+    @app.agent(clicks_topic, name="recommend")
+    async def recommend(stream: faust.StreamT) -> None:
+        """Clickstream → recent-items table, online model, features → recommendations.
+
+        Outputs are handed to the producer without waiting for their delivery;
+        Faust flushes the producer before it commits offsets, so a crash can
+        repeat outputs but never lose them (at-least-once).
+        """
+        # Acks are manual: with a trained model, lists are computed in micro-batches
+        # (one Redis round trip and one ONNX call per batch) and an event is acked
+        # only once its list is handed to the producer.
+        noack: Any = stream.noack()  # type: ignore[attr-defined]
+        quality = runtime.quality
+        behind = runtime.extra["partition_backlog"]
+        async for event in noack.events():
+            t0 = time.perf_counter()
+            message = event.message
+            if linger is not None:
+                linger.observe(behind(message))
+            in_clicks.inc()
+            ev = await runtime.dlq.decode(click_codec, message)
+            if ev is None:
+                await noack.ack(event)
+                continue
+            user = ev.user_id
+            item = getattr(ev, "item_id", None)
+            if item is not None and quality.test(user, item) is not None:
+                miss_rate = quality.batch_error()
+                if miss_rate is not None and (drift := runtime.alerts.model_error("recs", miss_rate)):
+                    runtime.extra.setdefault("pending_alerts", []).extend(drift)
+            recent = recent_items[user]
+            new_recent, due = processor.learn(ev, recent)
+            if new_recent is not recent:
+                recent_items[user] = new_recent
+            if not due:
+                await noack.ack(event)
+            elif recommender.model is None:
+                await deliver_rec(processor.recommend(user, new_recent, ev.event_id, ev.ts), (noack, event))
+            else:
+                batcher.add(RecRequest(user, new_recent, None, ev.event_id, ev.ts), (noack, event))
+                if batcher.full:
+                    await batcher.submit()
+            proc_time.observe(time.perf_counter() - t0)
+            if runtime.features.full:
+                await flusher.flush_once()
+
+    @app.agent(orders_topic, name="recommend_orders")
+    async def recommend_orders(stream: faust.StreamT) -> None:
+        """Orders → bought-items table, online model, features → a fresh list (bought items dropped)."""
+        async for event in stream.events():
+            t0 = time.perf_counter()
+            message = event.message
+            in_orders.inc()
+            order = await runtime.dlq.decode(order_codec, message)
+            if order is None or order.status != "placed":
+                continue
+            user = order.user_id
+            recent, bought = processor.learn_order(order, recent_items[user], bought_items[user])
+            recent_items[user] = recent
+            bought_items[user] = bought
+            # The list must not offer what was just bought, even before the features reach Redis.
+            await flusher.flush_once()
+            await publish_recs(user, recent, order.event_id, order.ts)
+            order_time.observe(time.perf_counter() - t0)
+
+    runtime.extra["recommend_agent"] = recommend
 
 
 def _inventory_agents(app: faust.App, runtime: Runtime, orders_topic: Any) -> None:
