@@ -19,8 +19,13 @@ archive; set ``SHOPSTREAM_AGENTS=all`` for a worker that runs every agent). Then
    machine on which one worker cannot sustain 1,000 clicks/s still shows its latency at rates
    it can; with phase 2's point, a plot of p50 and p99 against the offered rate goes beside
    the results JSON (``pipeline[.quick].png``, needs matplotlib);
-5. baseline, same run: raw aiokafka consumption of the same M click messages (no group join
-   in the timing, no decoding), and the same with ``CLICK_CODEC`` decoding.
+5. baselines, same run: raw aiokafka consumption of the same M click messages (no group join
+   in the timing, no decoding), and the same with ``CLICK_CODEC`` decoding;
+6. the framework's floor, same run, after the worker has stopped: a faust-streaming worker set
+   up as shopstream's is (``benchmarks/faust_floor.py``) reads M clicks with an agent that
+   does nothing (``consume``) and with one that hands each to the producer (``forward``,
+   at the linger the worker uses while behind). Their rate is what faust-streaming itself
+   sustains here: no agent code can take one worker past it.
 
 Every click is of type ``click`` (a meaningful event, so each yields exactly one
 recommendation); users, items, categories and prices come from :class:`shopstream.sim.SyntheticShop`.
@@ -32,7 +37,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -56,7 +64,7 @@ from benchmarks.common import (
 )
 from schemas.events import CLICK_CODEC, RECOMMENDATION_CODEC
 from shopstream.procs import WorkerProcess, metric_value
-from shopstream.services import Kafka, Redis, free_port
+from shopstream.services import Kafka, Redis, create_topics, free_port
 from shopstream.settings import Settings
 from shopstream.sim import SyntheticShop
 from streams.app import ensure_topics
@@ -83,11 +91,15 @@ PARTITIONS = 4
 WORKERS = 1
 #: Phase 4 offers clicks at these fractions of the sustained throughput that phase 3 measured.
 SWEEP_FRACTIONS = (0.25, 0.5, 0.75)
+#: Issue 2's throughput target for one worker, clicks/s (checked against the framework's floor too).
+THROUGHPUT_TARGET = 5000.0
 #: Issue 2's latency target (p99 at 1,000 clicks/s), drawn on the plot and used for the sweep summary.
 P99_TARGET_MS = 50.0
 PRODUCER_LINGER_MS = 1
 #: Give up waiting for outstanding recommendations after this long without progress.
 STALL_S = 30.0
+#: Phase 6's agents (benchmarks/faust_floor.py), in the order they run.
+FLOOR_MODES = ("consume", "forward")
 
 _enc = msgspec.json.Encoder()
 
@@ -671,6 +683,18 @@ async def measure(
     }
 
 
+def stop_worker(worker: WorkerProcess, wlog: Path, keep_log: Path | None) -> None:
+    """Stop the worker; print its log's tail, and copy the log to ``keep_log`` if asked."""
+    log("stopping worker")
+    rc = worker.stop()
+    log(f"worker exited with {rc}")
+    tail = worker.tail_log(1500)
+    if tail.strip():
+        print("---- worker log tail ----\n" + tail + "\n-------------------------", flush=True)
+    if keep_log is not None and wlog.exists():
+        keep_log.write_bytes(wlog.read_bytes())
+
+
 def _worker_log_notes(path: Path) -> dict[str, Any]:
     """Counts of warning/error lines in the worker log, and the first few of them."""
     try:
@@ -680,6 +704,68 @@ def _worker_log_notes(path: Path) -> dict[str, Any]:
     warn = [ln for ln in lines if "WARN" in ln]
     err = [ln for ln in lines if "ERROR" in ln or "Traceback" in ln or "CRITICAL" in ln]
     return {"lines": len(lines), "warnings": len(warn), "errors": len(err), "first": (err + warn)[:5]}
+
+
+def faust_floor(settings: Settings, mode: str, events: int, home: Path) -> dict[str, Any]:
+    """Run ``benchmarks.faust_floor`` in ``mode`` over ``events`` clicks; its result document.
+
+    Its own app id (a consumer group that starts at the topic's beginning), web port and
+    data directory, no archive, and the worker's linger while behind (it starts behind).
+    """
+    tag = f"floor-{mode}"
+    s = settings.with_(
+        app_id=f"{settings.app_id}-{tag}",
+        web_port=free_port(),
+        data_dir=home / tag,
+        archive=False,
+        producer_linger_s=settings.producer_linger_behind_s,
+    )
+    sink = f"{settings.topic_prefix}{tag}"
+    if mode == "forward":
+        wanted = {sink: settings.partitions}
+        asyncio.run(create_topics(settings.kafka_bootstrap, wanted, settings.replication))
+    result, flog = home / f"{tag}.json", home / f"{tag}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOPSTREAM_")}
+    env.update(s.as_env())
+    argv = ["--mode", mode, "--events", str(events), "--result", str(result), "--sink", sink]
+    with open(flog, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.faust_floor", *argv],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        # start-up and group join, then at least 200 events/s
+        deadline = time.monotonic() + 90 + events / 200
+        while not result.exists():
+            if proc.poll() is not None:
+                raise RuntimeError(f"faust floor ({mode}) exited with {proc.returncode}:\n{_tail(flog)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"faust floor ({mode}) gave no result in time:\n{_tail(flog)}")
+            time.sleep(0.2)
+        doc: dict[str, Any] = json.loads(result.read_text())
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    log(
+        f"faust floor ({mode}): {doc['events']:,} events at {doc['events_per_s']:,.0f}/s, "
+        f"{doc['cpu_us_per_event']:,.0f} µs of CPU per event"
+    )
+    return doc
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
 
 
 def run(cfg: dict[str, float], keep_log: Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -733,17 +819,15 @@ def run(cfg: dict[str, float], keep_log: Path | None = None) -> tuple[dict[str, 
                 "archive": settings.archive,
                 "commit_interval_s": settings.commit_interval_s,
             }
+            stop_worker(worker, wlog, keep_log)
+            worker = None
+            # 6. the framework's floor, with the machine to itself again
+            n = int(cfg["throughput_msgs"])
+            res["floor"] = {mode: faust_floor(settings, mode, n, home) for mode in FLOOR_MODES}
             return res, notes
         finally:
             if worker is not None:
-                log("stopping worker")
-                rc = worker.stop()
-                log(f"worker exited with {rc}")
-                tail = worker.tail_log(1500)
-                if tail.strip():
-                    print("---- worker log tail ----\n" + tail + "\n-------------------------", flush=True)
-                if keep_log is not None and wlog.exists():
-                    keep_log.write_bytes(wlog.read_bytes())
+                stop_worker(worker, wlog, keep_log)
             redis.stop(quiet=True)
             kafka.stop(quiet=True)
             log("services stopped")
@@ -800,13 +884,26 @@ def main(argv: list[str] | None = None) -> int:
         "worker_alive_at_end": res["worker_alive_at_end"],
         "worker_log": notes,
     }
+    floor = res["floor"]
     baselines = {
         "raw_consume_msgs_per_s": round(res["raw_rate"], 1),
         "raw_consume_messages": res["raw_n"],
         "raw_consume_decode_msgs_per_s": round(res["raw_decode_rate"], 1),
+        **{f"faust_{m}_floor_events_per_s": round(floor[m]["events_per_s"], 1) for m in FLOOR_MODES},
+        **{f"faust_{m}_floor_cpu_us_per_event": round(floor[m]["cpu_us_per_event"], 1) for m in FLOOR_MODES},
+        "faust_floor_events": floor["forward"]["events"],
+    }
+    fwd, worker_us = floor["forward"], res["tput_profile"]["worker_cpu_us_per_click"]
+    metrics["worker_vs_faust_forward_floor"] = round(res["tput_worker_rate"] / fwd["events_per_s"], 4)
+    # What one output per input costs in the framework, as a share of the worker's CPU per click.
+    metrics["faust_forward_floor_share_of_worker_cpu"] = round(fwd["cpu_us_per_event"] / worker_us, 3)
+    # Can any agent reach the throughput target here? Not if one that does nothing cannot
+    # (consume), nor one that emits a message per click (forward), as the issue asks.
+    metrics["throughput_target_within_faust_floor"] = {
+        m: floor[m]["events_per_s"] >= THROUGHPUT_TARGET for m in FLOOR_MODES
     }
     targets = {
-        "throughput_clicks_per_s": target(res["tput_worker_rate"], 5000, ">="),
+        "throughput_clicks_per_s": target(res["tput_worker_rate"], THROUGHPUT_TARGET, ">="),
         "p99_ms_at_1000_per_s": target(lat.get("p99", float("nan")), 50, "<="),
     }
     params = {
@@ -825,6 +922,10 @@ def main(argv: list[str] | None = None) -> int:
         "throughput_definition": "matched recommendations / (last rec received - first rec received)",
         "baseline_definition": "fresh aiokafka consumer, assigned and seeked to the throughput phase's "
         "start offsets; rate from its first fetch to its M-th record",
+        "faust_floor_definition": "benchmarks/faust_floor.py after the worker stopped: the worker's App "
+        "settings and start, an agent that consumes (or forwards to a sink topic) each click from the "
+        "topic's start; rate and process CPU from its first event to its M-th; forward at "
+        "producer_linger_behind_s",
         "worker_settings": res["settings"],
         "elapsed_s": round(time.monotonic() - t0, 1),
     }

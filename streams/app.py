@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -571,9 +572,12 @@ def _exit_recovery_stalled() -> None:
     os._exit(EXIT_RECOVERY_STALLED)
 
 
-def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
-    """Build a shopstream Faust app from ``settings``."""
-    name = worker_name or f"{socket.gethostname()}-{os.getpid()}"
+def faust_app(settings: Settings) -> faust.App:
+    """The :class:`faust.App` of a worker, with no agents: transport, commit, producer and table settings.
+
+    :func:`create_app` adds shopstream's agents to it; ``benchmarks/faust_floor.py``
+    adds an agent that does nothing, to measure what the framework alone costs.
+    """
     app = faust.App(
         settings.app_id,
         broker=settings.kafka_url,
@@ -602,6 +606,13 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         Table=CoalescingTable,
     )
     flush_changelogs_with_producer(app)
+    return app
+
+
+def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
+    """Build a shopstream Faust app from ``settings``."""
+    name = worker_name or f"{socket.gethostname()}-{os.getpid()}"
+    app = faust_app(settings)
     topics = Topics(settings.topic_prefix)
     metrics = Metrics()
     metrics.registry.register(ChangelogCollector(app))
@@ -1207,13 +1218,21 @@ def limit_blas_threads(n: int) -> None:
 
 def run_worker(settings: Settings, worker_name: str | None = None) -> None:
     """Run one worker in the foreground until SIGINT/SIGTERM."""
+    run_faust(settings, lambda s: create_app(s, worker_name))
+
+
+def run_faust(settings: Settings, build: Callable[[Settings], faust.App]) -> None:
+    """Run the app ``build(settings)`` makes as a Faust worker in the foreground, until SIGINT/SIGTERM.
+
+    On uvloop, with the topics created, the agents' fetch wait bounded, and no terminal spinner.
+    """
     import uvloop
 
     limit_blas_threads(settings.blas_threads)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(ensure_topics(settings))
     asyncio.set_event_loop(asyncio.new_event_loop())
-    app = create_app(settings, worker_name)
+    app = build(settings)
     bound_consumer_long_poll(app, settings.consumer_fetch_wait_ms)
     from faust.worker import Worker
 
