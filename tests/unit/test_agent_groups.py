@@ -136,6 +136,23 @@ async def test_pages_of_groups_not_run_answer_404_and_name_the_group(tmp_path: P
         assert resp.status == 200 and (await resp.json())["ctr"] is None  # no bidding, no CTR model
 
 
+def routes(app: Any) -> set[tuple[str, str]]:
+    """(method, path) of every route of the app's web server."""
+    app.web.init_server()
+    return {(r.method, r.resource.canonical) for r in app.web.web_app.router.routes() if r.resource}
+
+
+@pytest.mark.parametrize("group", ["recs", "inventory", "bidding", "care_crm"])
+def test_every_pool_has_every_page_of_the_whole_worker_served_or_answering_not_served(
+    tmp_path: Path, group: str
+) -> None:
+    """A page added to a group's views but not to its 404 list would be missing from the other pools."""
+    whole = {path for _, path in routes(worker(tmp_path / "all", "all"))}
+    pool = {path for _, path in routes(worker(tmp_path / group, group))}
+    assert pool == whole
+    assert {"/recommendations/{user_id}", "/openrtb2/bid", "/inventory/{sku}", "/care", "/healthz"} <= whole
+
+
 async def test_a_bad_order_is_dead_lettered_once_by_the_first_group_that_reads_orders(tmp_path: Path) -> None:
     """Without the recs group, inventory dead-letters bad orders and crm skips them."""
     app = worker(tmp_path, "care_crm,inventory")
