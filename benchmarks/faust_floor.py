@@ -14,7 +14,8 @@ wait, no spinner, frozen GC). Two modes:
 The agent reads the clicks topic from its start, in a consumer group of its own. At its
 ``--events``-th event it writes a JSON result: the events, the seconds from its first to
 that event, and the process's CPU seconds over the same span (every thread). The caller
-then stops it.
+then stops it. With ``--events 0`` it times nothing and forwards until stopped (the
+pipeline benchmark measures the forwarded copies' latency itself).
 
 Run (settings come from ``SHOPSTREAM_*`` environment variables, as a worker's do)::
 
@@ -52,8 +53,8 @@ def floor_app(settings: Settings, mode: str, events: int, result: Path, sink: st
         raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
     if mode == "forward" and not sink:
         raise ValueError("mode 'forward' needs a sink topic")
-    if events < 2:
-        raise ValueError(f"events={events}: expected at least 2")
+    if events < 2 and events != 0:
+        raise ValueError(f"events={events}: expected 0 (time nothing) or at least 2")
     app = faust_app(settings)
     topic = app.topic(
         Topics(settings.topic_prefix).clicks, partitions=settings.partitions, value_serializer="raw"
@@ -95,7 +96,7 @@ def floor_app(settings: Settings, mode: str, events: int, result: Path, sink: st
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "faust floor")
     p.add_argument("--mode", choices=MODES, required=True)
-    p.add_argument("--events", type=int, required=True, help="events to time, from the first")
+    p.add_argument("--events", type=int, required=True, help="events to time, from the first (0: none)")
     p.add_argument("--result", type=Path, required=True, help="where the JSON result goes")
     p.add_argument("--sink", default=None, help="topic the forward mode produces to")
     args = p.parse_args(argv)

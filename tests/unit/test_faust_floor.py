@@ -61,3 +61,10 @@ def test_the_floor_refuses_what_it_cannot_measure(tmp_path):
         floor_app(s, "forward", 10, tmp_path / "r.json", None)
     with pytest.raises(ValueError, match="at least 2"):
         floor_app(s, "consume", 1, tmp_path / "r.json", None)
+
+
+async def test_a_floor_that_times_nothing_forwards_every_event_and_writes_no_result(tmp_path):
+    result = tmp_path / "floor.json"
+    sent = await _run(floor_app(_settings(tmp_path), "forward", 0, result, "sink"), 4)
+    assert [k for _, k, _ in sent] == [b"k0", b"k1", b"k2", b"k3"]
+    assert not result.exists()
