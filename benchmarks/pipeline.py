@@ -404,9 +404,18 @@ def highest_rate_within(points: list[dict[str, Any]], p99_ms: float) -> float | 
 
 
 def plot_latency_vs_load(
-    points: list[dict[str, Any]], sustained: float, path: Path, title: str
+    points: list[dict[str, Any]],
+    sustained: float,
+    path: Path,
+    title: str,
+    floor: dict[str, Any] | None = None,
+    floor_rate: float | None = None,
 ) -> Path | None:
-    """p50 and p99 against the offered rate, with the targets; None when matplotlib is missing."""
+    """p50 and p99 against the offered rate, with the targets; None when matplotlib is missing.
+
+    ``floor``: the forwarding framework floor's point at the fixed rate (grey markers), and
+    ``floor_rate`` its saturated rate (a grey line).
+    """
     try:
         import matplotlib
     except ImportError:
@@ -421,7 +430,7 @@ def plot_latency_vs_load(
         (p for p in points if p["fraction_of_sustained"] is not None), key=lambda p: p["offered_per_s"]
     )
     fixed = [p for p in points if p["fraction_of_sustained"] is None]
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = plt.subplots(figsize=(10, 4.4))
     for key, style, color in (("p50_ms", "o", "tab:blue"), ("p99_ms", "s", "tab:orange")):
         name = key.split("_")[0]
         ax.plot(
@@ -440,9 +449,23 @@ def plot_latency_vs_load(
             ms=9,
             label=f"{name}, fixed-rate phase",
         )
+    if floor is not None:
+        for key, style in (("p50_ms", "o"), ("p99_ms", "s")):
+            ax.plot(
+                [floor["offered_per_s"]],
+                [floor[key]],
+                style,
+                color="grey",
+                ms=7,
+                label=f"{key.split('_')[0]}, faust-streaming forwarding alone",
+            )
+    if floor_rate is not None and floor_rate == floor_rate:
+        ax.axvline(floor_rate, color="grey", ls=":", lw=1.2, label=f"forwarding alone {floor_rate:,.0f}/s")
     ax.axhline(
         P99_TARGET_MS, color="k", ls="--", lw=0.8, label=f"p99 target {P99_TARGET_MS:.0f} ms (at 1,000/s)"
     )
+    tput_label = f"throughput target {THROUGHPUT_TARGET:,.0f}/s"
+    ax.axvline(THROUGHPUT_TARGET, color="k", ls="-.", lw=0.8, label=tput_label)
     if sustained == sustained:  # not NaN
         ax.axvline(sustained, color="tab:red", ls=":", lw=1.2, label=f"sustained {sustained:,.0f} clicks/s")
     ax.set_yscale("log")
@@ -450,7 +473,7 @@ def plot_latency_vs_load(
     ax.set_ylabel("click -> recommendation, ms")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -1062,6 +1085,8 @@ def main(argv: list[str] | None = None) -> int:
         f"benchmarks/pipeline.py{' --quick' if args.quick else ''} @ {commit[:12]}, "
         f"{os.cpu_count()} CPUs, SHOPSTREAM_AGENTS={res['settings']['agents']}\n"
         "one worker: latency against the offered rate",
+        floor=res["floor_latency"],
+        floor_rate=res["floor"]["forward"]["events_per_s"],
     )
     return 0
 
