@@ -42,7 +42,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -65,7 +64,7 @@ from benchmarks.common import (
     write_results,
 )
 from schemas.events import CLICK_CODEC, RECOMMENDATION_CODEC
-from shopstream.procs import WorkerProcess, metric_value
+from shopstream.procs import WorkerProcess, metric_value, spawn
 from shopstream.services import Kafka, Redis, create_topics, free_port
 from shopstream.settings import Settings
 from shopstream.sim import SyntheticShop
@@ -484,6 +483,18 @@ def plot_latency_vs_load(
 # --- phases -------------------------------------------------------------------------------------
 
 
+async def stop_clients(task: asyncio.Task[None] | None, producer: Any, consumer: Any) -> None:
+    """Cancel the collector's task (if started) and stop the load producer and the consumer."""
+    if task is not None:
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, Exception):
+            pass
+    await producer.stop()
+    await consumer.stop()
+
+
 async def produce_paced(
     producer: AIOKafkaProducer,
     topic: str,
@@ -676,14 +687,7 @@ async def measure(
                 sweep.append(sweep_point(point, frac))
                 await asyncio.sleep(1.0)  # the idle second between phases (the linger switches back)
     finally:
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
-        await producer.stop()
-        await rec_consumer.stop()
+        await stop_clients(task, producer, rec_consumer)
 
     # 5. baselines: raw consumption of the same M click messages
     log(f"baseline: raw aiokafka consumption of the same {m:,} clicks")
@@ -769,18 +773,8 @@ class FloorProcess:
         s = self.settings
         topics = {self.sink: s.partitions, s.topic_prefix + "shop.clicks.v1": s.partitions}
         asyncio.run(create_topics(s.kafka_bootstrap, topics, s.replication))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SHOPSTREAM_")}
-        env.update(s.as_env())
         argv = ["--mode", self.mode, "--events", str(self.events), "--result", str(self.result)]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.faust_floor", *argv, "--sink", self.sink],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self.proc = spawn("benchmarks.faust_floor", [*argv, "--sink", self.sink], s, self.log)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -874,14 +868,7 @@ async def _floor_latency(fp: FloorProcess, cfg: dict[str, float]) -> dict[str, A
         matched = await collector.wait_for(list(sent), "floor latency")
         cpu = cpu_seconds(fp.pid) - c0
     finally:
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
-        await producer.stop()
-        await consumer.stop()
+        await stop_clients(task, producer, consumer)
     lat_ms = [1e3 * (collector.received[e] - t) for e, t in sent.items() if e in collector.received]
     lat = percentiles(lat_ms, (50, 99)) if lat_ms else {}
     doc = {

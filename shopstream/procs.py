@@ -14,6 +14,27 @@ from pathlib import Path
 from shopstream.settings import Settings
 
 
+def spawn(module: str, args: list[str], settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    """Start ``python -m module *args`` with ``settings`` as its only ``SHOPSTREAM_*`` environment.
+
+    Its output is appended to ``log``; it gets its own session (a signal to this
+    process group does not reach it) and no stdin.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOPSTREAM_")}
+    env.update(settings.as_env())
+    env["PYTHONUNBUFFERED"] = "1"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:  # the child holds its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
 class WorkerProcess:
     """A ``shopstream worker`` child process with its own log file."""
 
@@ -25,19 +46,7 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         """Start the worker (returns at once; see :meth:`wait_ready`)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SHOPSTREAM_")}
-        env.update(self.settings.as_env())
-        env["PYTHONUNBUFFERED"] = "1"
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        out = open(self.log, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shopstream.cli", "worker", "--name", self.name],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        self.proc = spawn("shopstream.cli", ["worker", "--name", self.name], self.settings, self.log)
         return self
 
     @property
