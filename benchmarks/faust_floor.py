@@ -11,7 +11,8 @@ wait, no spinner, frozen GC). Two modes:
 * ``forward``: the agent also hands each event's key and value to the producer, one output
   per input, as the recommendation agent hands over its list.
 
-The agent reads the clicks topic from its start, in a consumer group of its own. At its
+The agent reads the clicks topic in a consumer group of its own, from the offsets committed
+for that group (``pipeline.py`` commits its throughput phase's start), else from the start. At its
 ``--events``-th event it writes a JSON result: the events, the seconds from its first to
 that event, and the process's CPU seconds over the same span (every thread). The caller
 then stops it. With ``--events 0`` it times nothing and forwards until stopped (the
