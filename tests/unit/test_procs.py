@@ -13,6 +13,7 @@ from shopstream.settings import Settings
 def test_a_child_gets_the_settings_as_its_only_shopstream_environment_and_appends_to_its_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.chdir(Path(__file__).parents[2])  # the child imports tests.unit.print_env from here
     monkeypatch.setenv("SHOPSTREAM_PARTITIONS", "12")  # this process's: must not reach the child
     monkeypatch.setenv("SHOPSTREAM_STRAY", "x")
     monkeypatch.setenv("KEEP_ME", "kept")
