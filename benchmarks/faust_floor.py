@@ -27,25 +27,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
-from typing import Any
 
 import faust
 
 from schemas.topics import Topics
+from serving.registry import atomic_write
 from shopstream.settings import Settings
 from streams.app import faust_app, run_faust
 
 MODES = ("consume", "forward")
-
-
-def write_atomically(path: Path, doc: dict[str, Any]) -> None:
-    """Write ``doc`` as JSON to ``path`` through a temporary file, so a reader never sees half of it."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
 
 
 def floor_app(settings: Settings, mode: str, events: int, result: Path, sink: str | None) -> faust.App:
@@ -77,19 +69,17 @@ def floor_app(settings: Settings, mode: str, events: int, result: Path, sink: st
                 t0, c0 = time.perf_counter(), time.process_time()
             elif n == events:
                 wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-                write_atomically(
-                    result,
-                    {
-                        "mode": mode,
-                        "events": n,
-                        "wall_s": wall,
-                        "cpu_s": cpu,
-                        # n - 1 events came after the clock started at the first one
-                        "events_per_s": (n - 1) / wall,
-                        "cpu_us_per_event": 1e6 * cpu / (n - 1),
-                        "producer_linger_s": settings.producer_linger_s,
-                    },
-                )
+                doc = {
+                    "mode": mode,
+                    "events": n,
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                    # n - 1 events came after the clock started at the first one
+                    "events_per_s": (n - 1) / wall,
+                    "cpu_us_per_event": 1e6 * cpu / (n - 1),
+                    "producer_linger_s": settings.producer_linger_s,
+                }
+                atomic_write(result, json.dumps(doc).encode())
 
     return app
 

@@ -68,7 +68,7 @@ from benchmarks.common import (
 )
 from schemas.events import CLICK_CODEC, RECOMMENDATION_CODEC
 from schemas.topics import Topics
-from shopstream.procs import WorkerProcess, metric_value, spawn
+from shopstream.procs import WorkerProcess, metric_value, spawn, tail_file
 from shopstream.services import Kafka, Redis, create_topics, free_port
 from shopstream.settings import Settings
 from shopstream.sim import SyntheticShop
@@ -210,6 +210,11 @@ class Collector:
                         self.stamps[event_id] = (wall, generated_at)
                         self.missing.discard(event_id)
                     self.last_progress = now
+
+    def latencies_ms(self, sent: dict[str, float]) -> list[float]:
+        """Send -> receive in ms for each id of ``sent`` (id -> send time) that was received."""
+        received = self.received
+        return [1e3 * (received[e] - t) for e, t in sent.items() if e in received]
 
     async def wait_for(self, ids: list[str], what: str, stall_s: float = STALL_S) -> int:
         """Wait until every id in ``ids`` has a recommendation, or progress stalls; return matched.
@@ -506,6 +511,45 @@ async def stop_clients(task: asyncio.Task[None] | None, producer: Any, consumer:
     await consumer.stop()
 
 
+async def load_clients(
+    bootstrap: str, out_topic: str, partitions: int, ids: Callable[[bytes], tuple[str, float]] = _rec_ids
+) -> tuple[AIOKafkaProducer, AIOKafkaConsumer, Collector, asyncio.Task[None]]:
+    """The click producer, and a running :class:`Collector` of ``out_topic``'s partitions from their end."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="latest"
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=PRODUCER_LINGER_MS, max_batch_size=64 * 1024, acks=1
+    )
+    await consumer.start()
+    await producer.start()
+    try:
+        tps = [TopicPartition(out_topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+    except BaseException:
+        await stop_clients(None, producer, consumer)
+        raise
+    collector = Collector(consumer, ids=ids)
+    return producer, consumer, collector, asyncio.create_task(collector.run())
+
+
+async def warm_up(
+    producer: AIOKafkaProducer,
+    topic: str,
+    clicks: list[tuple[str, bytes, bytes]],
+    collector: Collector,
+    what: str,
+) -> int:
+    """Send ``clicks`` at once; how many got their output before progress stalled for a minute."""
+    for _eid, key, value in clicks:
+        await producer.send(topic, value=value, key=key)
+    await producer.flush()
+    return await collector.wait_for([e for e, _, _ in clicks], what, stall_s=60)
+
+
 async def produce_paced(
     producer: AIOKafkaProducer,
     topic: str,
@@ -585,33 +629,14 @@ async def measure(
     recs_topic = settings.topic_prefix + "shop.recommendations.v1"
     source = ClickSource(settings.app_id)
 
-    rec_consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="latest"
-    )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=PRODUCER_LINGER_MS, max_batch_size=64 * 1024, acks=1
-    )
-    await rec_consumer.start()
-    await producer.start()
-    collector = Collector(rec_consumer)
-    task: asyncio.Task[None] | None = None
+    producer, rec_consumer, collector, task = await load_clients(bootstrap, recs_topic, settings.partitions)
     try:
-        rec_tps = [TopicPartition(recs_topic, p) for p in range(settings.partitions)]
-        rec_consumer.assign(rec_tps)
-        await rec_consumer.seek_to_end(*rec_tps)
-        for tp in rec_tps:
-            await rec_consumer.position(tp)
-        task = asyncio.create_task(collector.run())
-
         # 1. warm-up
         n_warm = int(cfg["warmup"])
         log(f"warm-up: producing {n_warm} clicks")
         warm = source.batch(n_warm, "warm")
         t0 = time.perf_counter()
-        for _eid, key, value in warm:
-            await producer.send(clicks_topic, value=value, key=key)
-        await producer.flush()
-        got = await collector.wait_for([e for e, _, _ in warm], "warm-up", stall_s=60)
+        got = await warm_up(producer, clicks_topic, warm, collector, "warm-up")
         warm_s = time.perf_counter() - t0
         log(f"warm-up: {got}/{n_warm} recommendations in {warm_s:.1f}s")
         if got < n_warm:
@@ -628,7 +653,7 @@ async def measure(
             log(f"{phase}: {len(sent):,} clicks sent in {span:.2f}s; waiting for recommendations")
             matched = await collector.wait_for(list(sent), phase)
             s1 = snapshot(worker, kafka, settings)
-            lat_ms = [1e3 * (collector.received[e] - t) for e, t in sent.items() if e in collector.received]
+            lat_ms = collector.latencies_ms(sent)
             lat = percentiles(lat_ms, (50, 90, 99, 99.9)) if lat_ms else {}
             log(
                 f"{phase}: matched {matched:,}/{len(sent):,}; p50 {lat.get('p50', float('nan')):.1f} ms, "
@@ -761,7 +786,8 @@ def _worker_log_notes(path: Path) -> dict[str, Any]:
 
 class FloorProcess:
     """A ``benchmarks.faust_floor`` child process: its own app id (a consumer group that starts
-    at its topic's beginning), web port and data directory, no archive; ``changes`` apply on top.
+    at ``start_offsets``, committed for it, else at its topic's beginning), web port and data
+    directory, no archive; ``changes`` apply on top.
 
     A context manager: entering creates its topics and starts it, leaving stops it.
     """
@@ -813,7 +839,7 @@ class FloorProcess:
             self.proc.kill()
             rc = self.proc.wait()
         if rc not in (0, -signal.SIGTERM):
-            log(f"faust floor ({self.tag}) exited with {rc}; its log ends:\n{_tail(self.log)}")
+            log(f"faust floor ({self.tag}) exited with {rc}; its log ends:\n{tail_file(self.log)}")
 
     @property
     def pid(self) -> int | None:
@@ -823,7 +849,7 @@ class FloorProcess:
         """Raise, with its log's tail, if the process has exited."""
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(
-                f"faust floor ({self.tag}) exited with {self.proc.returncode}:\n{_tail(self.log)}"
+                f"faust floor ({self.tag}) exited with {self.proc.returncode}:\n{tail_file(self.log)}"
             )
 
 
@@ -858,7 +884,7 @@ def faust_floor(
             fp.check()
             now = time.monotonic()
             if now > deadline:
-                raise RuntimeError(f"faust floor ({mode}) gave no result in time:\n{_tail(fp.log)}")
+                raise RuntimeError(f"faust floor ({mode}) gave no result in time:\n{tail_file(fp.log)}")
             if now > report:
                 log(f"faust floor ({mode}): running for {now - t0:.0f}s, no result yet")
                 report = now + 10
@@ -886,29 +912,14 @@ async def _floor_latency(fp: FloorProcess, cfg: dict[str, float]) -> dict[str, A
     s = fp.settings
     clicks = fp.clicks
     source = ClickSource(s.app_id)
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=None, enable_auto_commit=False)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=s.kafka_bootstrap, linger_ms=PRODUCER_LINGER_MS, max_batch_size=64 * 1024, acks=1
-    )
-    await consumer.start()
-    await producer.start()
-    collector = Collector(consumer, ids=_click_ids)
-    task: asyncio.Task[None] | None = None
+    clients = await load_clients(s.kafka_bootstrap, fp.sink, s.partitions, _click_ids)
+    producer, consumer, collector, task = clients
     try:
-        tps = [TopicPartition(fp.sink, p) for p in range(s.partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_end(*tps)
-        for tp in tps:
-            await consumer.position(tp)
-        task = asyncio.create_task(collector.run())
         warm = source.batch(int(cfg["warmup"]), "fwarm")
-        for _eid, key, value in warm:
-            await producer.send(clicks, value=value, key=key)
-        await producer.flush()
-        got = await collector.wait_for([e for e, _, _ in warm], "floor warm-up", stall_s=90)
+        got = await warm_up(producer, clicks, warm, collector, "floor warm-up")
         fp.check()
         if got < len(warm):
-            raise RuntimeError(f"floor warm-up: {got}/{len(warm)} forwarded:\n{_tail(fp.log)}")
+            raise RuntimeError(f"floor warm-up: {got}/{len(warm)} forwarded:\n{tail_file(fp.log)}")
         await settle_past_first_commits(s.commit_interval_s)
         rate, dur = float(cfg["rate"]), float(cfg["floor_latency_s"])
         log(f"faust floor (latency): offering {rate:,.0f} clicks/s for {dur:.0f}s")
@@ -918,7 +929,7 @@ async def _floor_latency(fp: FloorProcess, cfg: dict[str, float]) -> dict[str, A
         cpu, wall = cpu_seconds(fp.pid) - c0, time.perf_counter() - w0
     finally:
         await stop_clients(task, producer, consumer)
-    lat_ms = [1e3 * (collector.received[e] - t) for e, t in sent.items() if e in collector.received]
+    lat_ms = collector.latencies_ms(sent)
     lat = percentiles(lat_ms, (50, 99)) if lat_ms else {}
     doc = {
         "offered_per_s": len(sent) / span,
@@ -935,13 +946,6 @@ async def _floor_latency(fp: FloorProcess, cfg: dict[str, float]) -> dict[str, A
         f"p99 {doc['p99_ms']:.1f} ms, CPU {doc['cpu_util']:.2f}"
     )
     return doc
-
-
-def _tail(path: Path, chars: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return ""
 
 
 def run(cfg: dict[str, float], keep_log: Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:

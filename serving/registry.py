@@ -64,7 +64,8 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a synced temporary file: a reader sees all of it or none."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -119,7 +120,7 @@ class ModelRegistry:
         return data
 
     def _write_index(self, name: str, index: dict[str, Any]) -> None:
-        _atomic_write(self._index_path(name), json.dumps(index, indent=2).encode())
+        atomic_write(self._index_path(name), json.dumps(index, indent=2).encode())
 
     def names(self) -> list[str]:
         """Registered model names."""
@@ -155,7 +156,7 @@ class ModelRegistry:
             if "/" in fname or fname in ("meta.json", "index.json"):
                 raise RegistryError(f"bad file name {fname!r}")
             data = src if isinstance(src, bytes) else Path(src).read_bytes()
-            _atomic_write(vdir / fname, data)
+            atomic_write(vdir / fname, data)
             hashes[fname] = sha256_bytes(data)
         meta = {
             "name": name,
@@ -165,7 +166,7 @@ class ModelRegistry:
             "metrics": {k: float(v) for k, v in (metrics or {}).items()},
             "created_at": time.time(),
         }
-        _atomic_write(vdir / "meta.json", json.dumps(meta, indent=2, sort_keys=True).encode())
+        atomic_write(vdir / "meta.json", json.dumps(meta, indent=2, sort_keys=True).encode())
         index["versions"].append(version)
         if promote:
             index["production"] = version

@@ -35,6 +35,14 @@ def spawn(module: str, args: list[str], settings: Settings, log: Path) -> subpro
         )
 
 
+def tail_file(path: Path, n: int = 4000) -> str:
+    """The last ``n`` characters of the text file ``path`` ('' if it cannot be read)."""
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
 class WorkerProcess:
     """A ``shopstream worker`` child process with its own log file."""
 
@@ -87,10 +95,7 @@ class WorkerProcess:
         raise TimeoutError(f"worker {self.name} not ready in {timeout}s; log:\n{self.tail_log()}")
 
     def tail_log(self, n: int = 4000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
+        return tail_file(self.log, n)
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM, then SIGKILL if it does not exit in ``timeout`` seconds."""
