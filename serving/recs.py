@@ -27,8 +27,11 @@ A request for user ``u`` with recent items ``R`` (oldest first) goes through:
    be filled, and take the top ``k``, each with its reason code.
 
 If Redis is down or slow (``timeout_s``), the answer comes from the online
-model alone and is marked with the online model's name; the next attempt is
-made after ``retry_after_s``. A model is swapped atomically: a request holds
+model alone and is marked with the online model's name. After ``trip_after``
+such failures in a row (:class:`Breaker`), Redis is left alone for
+``retry_after_s``: a Redis that is down costs no timeouts meanwhile, while one
+late reply (a busy moment on the worker's own loop counts against the timeout
+too) costs only its own list. A model is swapped atomically: a request holds
 the :class:`LoadedModel` it started with.
 
 Redis layout (``P`` = key prefix, ``T`` = model tag ``name:vN``)::
@@ -82,6 +85,49 @@ for id in string.gmatch(ARGV[3], '[^\n]+') do
 end
 return out
 """
+
+
+class Breaker:
+    """Opens after ``trip_after`` failures in a row, for ``open_s``; a success closes it.
+
+    After the open spell, one more failure opens it again at once.
+
+    >>> now = [0.0]
+    >>> b = Breaker(trip_after=3, open_s=1.0, clock=lambda: now[0])
+    >>> [b.failed() for _ in range(3)], b.open
+    ([False, False, True], True)
+    >>> now[0] = 1.5; b.open
+    False
+    >>> b.failed(), b.open          # still failing: open again at once
+    (True, True)
+    >>> now[0] = 3.0; b.succeeded(); b.failed(), b.open
+    (False, False)
+    """
+
+    def __init__(self, trip_after: int = 3, open_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        if trip_after < 1:
+            raise ValueError(f"trip_after must be >= 1, got {trip_after}")
+        self.trip_after = trip_after
+        self.open_s = open_s
+        self.clock = clock
+        self.failures = 0
+        self._open_until = 0.0
+
+    @property
+    def open(self) -> bool:
+        return self.clock() < self._open_until
+
+    def failed(self) -> bool:
+        """Count a failure; True when this one opened the breaker."""
+        self.failures += 1
+        if self.failures >= self.trip_after:
+            self._open_until = self.clock() + self.open_s
+            return True
+        return False
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
 
 #: Reason codes (the part before the colon).
 REASONS = ("together_with", "similar_to", "popular_in", "new_item", "popular", "for_you")
@@ -246,6 +292,7 @@ class Recommender:
         boosts: dict[tuple[str, str], float] | None = None,
         timeout_s: float = 0.05,
         retry_after_s: float = 1.0,
+        trip_after: int = 3,
         metrics: Any = None,
         online_weight: float = 0.3,
     ) -> None:
@@ -259,14 +306,13 @@ class Recommender:
         self.max_per_category = max_per_category
         self.boosts = boosts or {}
         self.online_weight = online_weight
-        self.retry_after_s = retry_after_s
+        self.breaker = Breaker(trip_after, retry_after_s)
         self.metrics = metrics
         self.model: LoadedModel | None = None
         self.client = aioredis.Redis.from_url(
             redis_url, decode_responses=False, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
         self._fetch = self.client.register_script(_FETCH_LUA)
-        self._down_until = 0.0
         self.round_trips = 0
 
     async def close(self) -> None:
@@ -336,18 +382,27 @@ class Recommender:
     async def recommend_many(self, requests: Sequence[RecRequest]) -> list[Recommendation]:
         """Lists for several requests: one Redis round trip and one onnxruntime call for all of them."""
         model = self.model
-        if model is None or time.monotonic() < self._down_until:
+        if model is None or self.breaker.open:
             return [self._online_only(r) for r in requests]
         plans = [self._plan(r, model) for r in requests]
         t0 = time.perf_counter()
         try:
             raws = await self._fetch_all(plans, model)
         except Exception as exc:  # redis down, slow or failing: serve from the online model
-            self._down_until = time.monotonic() + self.retry_after_s
             if self.metrics is not None:
                 self.metrics.redis_errors.labels(op="recs_read").inc()
-            log.warning("recommendation features unavailable (%s); online model only", exc)
+            if self.breaker.failed():
+                log.warning(
+                    "recommendation features unavailable (%d failures in a row, the last: %r); "
+                    "online model only for %.1fs",
+                    self.breaker.failures,
+                    exc,
+                    self.breaker.open_s,
+                )
+            else:
+                log.debug("recommendation features: a read failed (%r); this list from the online model", exc)
             return [self._online_only(r) for r in requests]
+        self.breaker.succeeded()
         self.round_trips += 1
         if self.metrics is not None:
             self.metrics.redis_seconds.labels(op="recs_read").observe(time.perf_counter() - t0)

@@ -647,6 +647,7 @@ def create_app(settings: Settings, worker_name: str | None = None) -> faust.App:
         max_per_category=settings.recs_max_per_category,
         boosts=parse_boosts(settings.recs_boosts),
         timeout_s=settings.recs_redis_timeout_s,
+        retry_after_s=settings.recs_redis_retry_after_s,
         metrics=metrics,
     )
     runtime = Runtime(

@@ -235,7 +235,9 @@ def test_redis_outage_falls_back_to_the_online_model(settings_factory, worker_fa
     own.start(quiet=True)
     try:
         models = tmp_path / "models"
-        settings = settings_factory(model_dir=models, model_poll_s=0.2, redis_url=own.url)
+        settings = settings_factory(
+            model_dir=models, model_poll_s=0.2, redis_url=own.url, recs_redis_retry_after_s=5.0
+        )
         inter = shop_interactions()
         train_recs(
             inter,
@@ -258,6 +260,19 @@ def test_redis_outage_falls_back_to_the_online_model(settings_factory, worker_fa
         status, doc = get_json(f"{base}/recommendations/{user}?k=5")
         assert status == 200 and doc["model"] == "covis-biasedmf-v1", doc
         assert time.monotonic() - t0 < 2.0
+
+        def errors() -> float:
+            return metric_value(worker.metrics_text(), "shopstream_redis_errors_total", {"op": "recs_read"})
+
+        # One failed read costs only its own list: the next request tries Redis again...
+        assert errors() == 1
+        for n in (2, 3):
+            assert get_json(f"{base}/recommendations/{user}")[1]["model"] == "covis-biasedmf-v1"
+            assert errors() == n
+        # ... and three in a row open the breaker: then no request tries Redis for 5 s.
+        for _ in range(5):
+            assert get_json(f"{base}/recommendations/{user}")[1]["model"] == "covis-biasedmf-v1"
+        assert errors() == 3
         # The clickstream keeps flowing while Redis is down.
         topic = settings.topic_prefix + "shop.clicks.v1"
         events = [click(user, item, n=n) for n, item in enumerate(inter.item_ids[:5])]
