@@ -284,11 +284,7 @@ GC_METRIC = "shopstream_gc_pause_seconds"
 def snapshot(worker: WorkerProcess, kafka: Kafka, settings: Settings) -> Snapshot:
     text = worker.metrics_text()
     agent = {"agent": "recommend"}
-    buckets: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("shopstream_processing_seconds_bucket") and 'agent="recommend"' in line:
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets[le] = float(line.rpartition(" ")[2])
+    buckets = histogram_buckets(text, "shopstream_processing_seconds", 'agent="recommend"')
     return Snapshot(
         t=time.perf_counter(),
         worker_cpu=cpu_seconds(worker.proc.pid if worker.proc else None),
@@ -309,7 +305,17 @@ def snapshot(worker: WorkerProcess, kafka: Kafka, settings: Settings) -> Snapsho
     )
 
 
-def _bucket_quantile(before: dict[str, float], after: dict[str, float], q: float) -> float:
+def histogram_buckets(text: str, name: str, label: str = "") -> dict[str, float]:
+    """A Prometheus histogram's cumulative bucket counts by ``le``, for series holding ``label``."""
+    buckets: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket") and label in line:
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[le] = float(line.rpartition(" ")[2])
+    return buckets
+
+
+def bucket_quantile(before: dict[str, float], after: dict[str, float], q: float) -> float:
     """Upper bucket bound holding quantile ``q`` of the observations between two snapshots."""
     diff = sorted(
         ((float("inf") if le == "+Inf" else float(le)), after[le] - before.get(le, 0.0)) for le in after
@@ -337,8 +343,8 @@ def profile(a: Snapshot, b: Snapshot, n: int) -> dict[str, Any]:
         "harness_cpu_s": round(b.harness_cpu - a.harness_cpu, 2),
         "agent_events": count,
         "agent_mean_us": round(1e6 * agent_s / count, 1) if count else float("nan"),
-        "agent_p50_le_s": _bucket_quantile(a.buckets, b.buckets, 0.5),
-        "agent_p99_le_s": _bucket_quantile(a.buckets, b.buckets, 0.99),
+        "agent_p50_le_s": bucket_quantile(a.buckets, b.buckets, 0.5),
+        "agent_p99_le_s": bucket_quantile(a.buckets, b.buckets, 0.99),
         "agent_share_of_worker_cpu": round(agent_s / (b.worker_cpu - a.worker_cpu), 3)
         if b.worker_cpu > a.worker_cpu
         else float("nan"),

@@ -6,17 +6,27 @@ Starts its own Kafka and Redis on free ports, trains a small NCF model on the
 synthetic shop (``shopstream train recs``'s code: ONNX, registry, vectors in
 Redis), starts ONE worker serving it, and measures:
 
-1. baselines: a bare Redis ``GET`` round trip from this process (redis-py + hiredis),
-   and the topic path below before any trained model is registered (online model only);
+1. baselines, each in the same run:
+   - a bare Redis ``GET`` round trip from this process (redis-py + hiredis);
+   - the topic path below before any trained model is registered (online model only);
+   - the HTTP floor: the same load generator at the same rate against the same worker's
+     cheapest page (``/livez``): load generator, aiohttp, Faust's view dispatch and
+     whatever else the worker's loop is doing, without the recommendation;
+   - the topic floor, after the worker has stopped: a faust-streaming worker that only
+     forwards each click (``benchmarks/faust_floor.py``), offered the same rate as in 3;
 2. HTTP: ``GET /recommendations/{user}?k=10`` at 500 requests/s, open loop, from a
-   separate load-generator process (aiohttp); latency from the request's send to the
-   full response body; users are the trained users (70%) and unknown ones (30%);
+   separate load-generator process (aiohttp), after one unmeasured second at the same
+   rate; latency from the request's send to the full response body; users are the
+   trained users (70%) and unknown ones (30%);
 3. topic: clicks offered at 1,000/s; latency from the producer's send to the
    recommendation consumed (matched by ``event_id``), as ``benchmarks.pipeline`` does,
    split at the list's ``generated_at`` (to the worker / from the worker), with the
    worker's CPU per click;
 4. Redis round trips per request, from the worker's own counters
-   (``shopstream_redis_seconds_count{op="recs_read"}`` per list served).
+   (``shopstream_redis_seconds_count{op="recs_read"}`` per list served), and the share of
+   requests the trained model served (the rest fell back to the online model);
+5. per phase, the worker's CPU per request or click and how late its event loop ran
+   (``shopstream_event_loop_lag_seconds``), to tell a busy worker from a slow machine.
 
 Targets (issue 3): HTTP p99 <= 10 ms; topic p99 <= 20 ms; one Redis round trip per request.
 """
@@ -43,7 +53,15 @@ from benchmarks.common import (
     target,
     write_results,
 )
-from benchmarks.pipeline import ClickSource, Collector, decompose, produce_paced
+from benchmarks.pipeline import (
+    ClickSource,
+    Collector,
+    bucket_quantile,
+    decompose,
+    faust_floor_latency,
+    histogram_buckets,
+    produce_paced,
+)
 from benchmarks.stack import local_stack
 from shopstream.procs import WorkerProcess, metric_value
 from shopstream.settings import Settings
@@ -76,7 +94,15 @@ def log(msg: str) -> None:
 # --- load generator (runs in its own process) -------------------------------------------------------
 
 
-async def _loadgen(url: str, users: list[str], rate: float, duration: float) -> dict[str, Any]:
+#: The recommendation request, and the floor: the same worker's cheapest page, at the same rate.
+RECS_PATH = "/recommendations/{user}?k=10"
+FLOOR_PATH = "/livez"
+#: Seconds of requests at the same rate before the measured ones: the load generator's connections
+#: are opened and its first-call costs paid there, not in the measured tail.
+LOADGEN_WARM_S = 1.0
+
+
+async def _loadgen(url: str, users: list[str], rate: float, duration: float, path: str) -> dict[str, Any]:
     import aiohttp
 
     lat: list[float] = []
@@ -86,34 +112,39 @@ async def _loadgen(url: str, users: list[str], rate: float, duration: float) -> 
     conn = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(connector=conn) as session:
 
-        async def one(user: str) -> None:
+        async def one(user: str, keep: bool) -> None:
             t0 = time.perf_counter()
             try:
-                async with session.get(f"{url}/recommendations/{user}?k=10") as r:
+                async with session.get(url + path.format(user=user)) as r:
                     body = await r.read()
                     dt = time.perf_counter() - t0
+                    if not keep:
+                        return
                     statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
                     if r.status == 200:
-                        m = json.loads(body)["model"]
+                        m = json.loads(body).get("model", "none")
                         models[m] = models.get(m, 0) + 1
                         lat.append(dt)
             except Exception as exc:
-                statuses[type(exc).__name__] = statuses.get(type(exc).__name__, 0) + 1
+                if keep:
+                    statuses[type(exc).__name__] = statuses.get(type(exc).__name__, 0) + 1
 
-        n_total = int(rate * duration)
+        n_warm, n_total = int(rate * LOADGEN_WARM_S), int(rate * duration)
         tasks = []
-        t_start = time.perf_counter()
-        for n in range(n_total):
-            due = t_start + n / rate
+        t_warm = time.perf_counter()
+        t_start = t_warm + n_warm / rate
+        for n in range(n_warm + n_total):
+            due = t_warm + n / rate
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            else:
+            elif n >= n_warm:
                 late.append(-delay)
-            tasks.append(asyncio.create_task(one(users[n % len(users)])))
+            tasks.append(asyncio.create_task(one(users[n % len(users)], n >= n_warm)))
         await asyncio.gather(*tasks)
         span = time.perf_counter() - t_start
     return {
+        "warm": n_warm,
         "latencies_ms": [round(1e3 * x, 4) for x in lat],
         "statuses": statuses,
         "models": models,
@@ -123,11 +154,11 @@ async def _loadgen(url: str, users: list[str], rate: float, duration: float) -> 
     }
 
 
-def loadgen_main(url: str, users_file: str, rate: float, duration: float) -> None:
+def loadgen_main(url: str, users_file: str, rate: float, duration: float, path: str) -> None:
     import uvloop
 
     users = json.loads(Path(users_file).read_text())
-    print(json.dumps(uvloop.run(_loadgen(url, users, rate, duration))))
+    print(json.dumps(uvloop.run(_loadgen(url, users, rate, duration, path))))
 
 
 # --- the benchmark ------------------------------------------------------------------------------------
@@ -149,8 +180,32 @@ def redis_get_baseline(url: str, n: int) -> dict[str, float]:
     return percentiles(samples, (50, 99))
 
 
+LAG_METRIC = "shopstream_event_loop_lag_seconds"
+
+
+def loop_lag(before: str, after: str) -> dict[str, Any]:
+    """How late the worker's 10 ms loop timer ran between two metrics texts (ops/loopwatch.py).
+
+    A tick late by more than 5 ms held back every request and message due in it; ticks late by
+    over 50 ms also trip the recommender's Redis timeout, which then serves from the online model.
+    """
+    a, b = histogram_buckets(before, LAG_METRIC), histogram_buckets(after, LAG_METRIC)
+    ticks = b.get("+Inf", 0.0) - a.get("+Inf", 0.0)
+
+    def later_than(le: str) -> float:
+        return round(1 - (b[le] - a.get(le, 0.0)) / ticks, 4) if ticks else float("nan")
+
+    return {
+        "ticks": ticks,
+        "share_later_than_5ms": later_than("0.005"),
+        "share_later_than_20ms": later_than("0.02"),
+        "share_later_than_50ms": later_than("0.05"),
+        "p99_le_s": bucket_quantile(a, b, 0.99),
+    }
+
+
 async def topic_phase(
-    settings: Settings, rate: float, seconds: float, worker_pid: int | None
+    settings: Settings, rate: float, seconds: float, worker: WorkerProcess
 ) -> dict[str, Any]:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -176,10 +231,13 @@ async def topic_phase(
         await collector.wait_for([e for e, _, _ in warm], "topic warm-up")
         await settle_past_first_commits(settings.commit_interval_s)
         log(f"topic: offering clicks at {rate:,.0f}/s for {seconds:.0f}s")
+        worker_pid = worker.proc.pid if worker.proc else None
+        text0 = worker.metrics_text()
         cpu0, t0 = cpu_seconds(worker_pid), time.perf_counter()
         sent, sent_wall, span = await produce_paced(producer, clicks_topic, source, rate, seconds)
         await collector.wait_for(list(sent), "topic")
         cpu1, t1 = cpu_seconds(worker_pid), time.perf_counter()
+        lag = loop_lag(text0, worker.metrics_text())
         task.cancel()
         lat = [1e3 * (collector.received[e] - t) for e, t in sent.items() if e in collector.received]
         return {
@@ -192,16 +250,67 @@ async def topic_phase(
             # how busy the worker was: near 1.0 its queue, and so the tail, grows
             "worker_cpu_us_per_click": round(1e6 * (cpu1 - cpu0) / max(1, len(sent)), 1),
             "worker_cpu_util": round((cpu1 - cpu0) / (t1 - t0), 3),
+            "loop_lag": lag,
         }
     finally:
         await producer.stop()
         await consumer.stop()
 
 
+def http_phase(
+    worker: WorkerProcess, users_file: Path, rate: float, seconds: float, path: str, model: str = ""
+) -> dict[str, Any]:
+    """``path`` at ``rate`` requests/s from a load-generator process, with the worker's side of it."""
+    pid = worker.proc.pid if worker.proc else None
+    text0 = worker.metrics_text()
+    cpu0 = cpu_seconds(pid)
+    args = [worker.url, str(users_file), str(rate), str(seconds), path]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.recs_latency", "--loadgen", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    cpu = cpu_seconds(pid) - cpu0
+    http = json.loads(proc.stdout.strip().splitlines()[-1])
+    text1 = worker.metrics_text()
+    # The worker's counters also saw the load generator's unmeasured first second.
+    answered = http["sent"] + http["warm"]
+
+    def delta(name: str, labels: dict[str, str]) -> float:
+        return metric_value(text1, name, labels) - metric_value(text0, name, labels)
+
+    out: dict[str, Any] = {
+        "sent": http["sent"],
+        "ok": len(http["latencies_ms"]),
+        "statuses": http["statuses"],
+        "models": http["models"],
+        "achieved_rate": round(http["achieved_rate"], 1),
+        "max_send_lag_ms": http["max_send_lag_ms"],
+        "latency_ms": percentiles(http["latencies_ms"], (50, 90, 99)),
+        "worker_cpu_us_per_request": round(1e6 * cpu / max(1, answered), 1),
+        "worker_cpu_util": round(cpu / (seconds + LOADGEN_WARM_S), 3),
+        "loop_lag": loop_lag(text0, text1),
+    }
+    if model:
+        served = delta("shopstream_recommendations_total", {"path": "http", "source": model})
+        trips = delta("shopstream_redis_seconds_count", {"op": "recs_read"})
+        out["served_by_model"] = served
+        # The rest came from the online model: Redis failed, or was slower than its timeout.
+        out["served_by_model_share"] = round(served / max(1, answered), 4)
+        out["redis_errors"] = delta("shopstream_redis_errors_total", {"op": "recs_read"})
+        out["redis_round_trips"] = trips
+        out["redis_round_trips_per_request"] = trips / served if served else float("nan")
+    return out
+
+
 def _topic_line(phase: dict[str, Any]) -> str:
     d = phase.get("decomposition") or {}
     split = {k: d[k] for k in ("to_worker_ms", "from_worker_ms") if k in d}
-    return f"{phase['latency_ms']} {split}, worker CPU {phase['worker_cpu_us_per_click']} us/click"
+    return (
+        f"{phase['latency_ms']} {split}, worker CPU {phase['worker_cpu_us_per_click']} us/click, "
+        f"loop ticks late >5 ms {phase['loop_lag']['share_later_than_5ms']:.1%}"
+    )
 
 
 def run(cfg: dict[str, float]) -> dict[str, Any]:
@@ -217,10 +326,9 @@ def run(cfg: dict[str, float]) -> dict[str, Any]:
             asyncio.run(ensure_topics(settings))
             worker = WorkerProcess(settings, "bench", home / "worker.log").start()
             worker.wait_ready(timeout=90, topic=settings.topic_prefix + "shop.clicks.v1")
-            pid = worker.proc.pid if worker.proc else None
             log("baseline: the topic path with the online model only (no trained model registered yet)")
             out["topic_online_only"] = asyncio.run(
-                topic_phase(settings, cfg["topic_rate"], cfg["topic_s"], pid)
+                topic_phase(settings, cfg["topic_rate"], cfg["topic_s"], worker)
             )
             log(f"topic, online model only: {_topic_line(out['topic_online_only'])}")
 
@@ -265,53 +373,31 @@ def run(cfg: dict[str, float]) -> dict[str, Any]:
             ]
             users_file = home / "users.json"
             users_file.write_text(json.dumps(users))
-            text0 = worker.metrics_text()
-            log(
-                f"HTTP: {cfg['http_rate']:.0f} requests/s for {cfg['http_s']:.0f}s "
-                "from a load-generator process"
-            )
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "benchmarks.recs_latency",
-                    "--loadgen",
-                    worker.url,
-                    str(users_file),
-                    str(cfg["http_rate"]),
-                    str(cfg["http_s"]),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            http = json.loads(proc.stdout.strip().splitlines()[-1])
-            text1 = worker.metrics_text()
-
-            def delta(name: str, labels: dict[str, str]) -> float:
-                return metric_value(text1, name, labels) - metric_value(text0, name, labels)
-
-            served = delta("shopstream_recommendations_total", {"path": "http", "source": res.version.tag})
-            trips = delta("shopstream_redis_seconds_count", {"op": "recs_read"})
-            out["http"] = {
-                "sent": http["sent"],
-                "ok": len(http["latencies_ms"]),
-                "statuses": http["statuses"],
-                "models": http["models"],
-                "achieved_rate": round(http["achieved_rate"], 1),
-                "max_send_lag_ms": http["max_send_lag_ms"],
-                "latency_ms": percentiles(http["latencies_ms"], (50, 90, 99)),
-                "served_by_model": served,
-                "redis_round_trips": trips,
-                "redis_round_trips_per_request": trips / served if served else float("nan"),
-            }
+            rate, secs = cfg["http_rate"], cfg["http_s"]
+            log(f"baseline: the worker's cheapest page, {FLOOR_PATH}, {rate:.0f} requests/s for {secs:.0f}s")
+            out["http_floor"] = http_phase(worker, users_file, rate, secs, FLOOR_PATH)
+            log(f"HTTP floor: {out['http_floor']['latency_ms']}")
+            log(f"HTTP: {rate:.0f} requests/s for {secs:.0f}s from a load-generator process")
+            out["http"] = http_phase(worker, users_file, rate, secs, RECS_PATH, res.version.tag)
             log(
                 f"HTTP: {out['http']['latency_ms']}, "
-                f"{out['http']['redis_round_trips_per_request']:.3f} Redis round trips per request"
+                f"{out['http']['redis_round_trips_per_request']:.3f} Redis round trips per request, "
+                f"{out['http']['served_by_model_share']:.1%} served by {res.version.tag}, "
+                f"worker CPU {out['http']['worker_cpu_us_per_request']} us/request"
             )
-            out["topic"] = asyncio.run(topic_phase(settings, cfg["topic_rate"], cfg["topic_s"], pid))
+            out["topic"] = asyncio.run(topic_phase(settings, cfg["topic_rate"], cfg["topic_s"], worker))
             log(f"topic: {_topic_line(out['topic'])}")
             out["worker_alive"] = worker.alive()
+            worker.stop()
+            worker = None
+            # The framework's own floor on the topic path, on the same broker, after the worker
+            # has stopped: a faust-streaming worker that only forwards each click (pipeline.py).
+            floor_cfg = {"warmup": 300, "rate": cfg["topic_rate"], "floor_latency_s": cfg["topic_s"]}
+            try:
+                out["topic_floor"] = faust_floor_latency(settings, floor_cfg, home)
+            except Exception as exc:  # the worker's results stand without it
+                log(f"faust floor failed: {exc}")
+                out["topic_floor_error"] = str(exc)[-2000:]
             return out
         finally:
             if worker is not None:
@@ -320,7 +406,7 @@ def run(cfg: dict[str, float]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--loadgen":
-        loadgen_main(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]))
+        loadgen_main(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]), sys.argv[6])
         return 0
     args = parse_args(NAME, __doc__.splitlines()[0] if __doc__ else NAME, argv=argv)
     cfg = QUICK if args.quick else FULL
@@ -344,11 +430,35 @@ def main(argv: list[str] | None = None) -> int:
     metrics["topic_p99_over_online_only_p99"] = round(
         topic["latency_ms"].get("p99", float("nan")) / online.get("p99", float("nan")), 2
     )
+    floor = res["http_floor"]["latency_ms"]
+    tfloor = res.get("topic_floor", {})
+    nan = float("nan")
+    metrics.update(
+        {
+            "http_served_by_model_share": http["served_by_model_share"],
+            "http_worker_cpu_us_per_request": http["worker_cpu_us_per_request"],
+            "http_p99_over_floor_p99": round(http["latency_ms"]["p99"] / floor["p99"], 2),
+            "topic_p99_over_faust_floor_p99": round(
+                topic["latency_ms"].get("p99", nan) / tfloor.get("p99_ms", nan), 2
+            ),
+            # Can any code meet the targets here? Not if the floors alone miss them.
+            "http_p99_target_within_floor": floor["p99"] <= 10.0,
+            "topic_p99_target_within_faust_floor": tfloor.get("p99_ms", nan) <= 20.0,
+        }
+    )
+    if "topic_floor_error" in res:
+        metrics["topic_floor_error"] = res["topic_floor_error"]
     baselines = {
         "redis_get_p50_ms": base["p50"],
         "redis_get_p99_ms": base["p99"],
-        "topic_online_only_p50_ms": online.get("p50", float("nan")),
-        "topic_online_only_p99_ms": online.get("p99", float("nan")),
+        "http_floor_p50_ms": floor["p50"],
+        "http_floor_p99_ms": floor["p99"],
+        "http_floor": res["http_floor"],
+        "topic_faust_floor_p50_ms": tfloor.get("p50_ms", nan),
+        "topic_faust_floor_p99_ms": tfloor.get("p99_ms", nan),
+        "topic_faust_floor": tfloor,
+        "topic_online_only_p50_ms": online.get("p50", nan),
+        "topic_online_only_p99_ms": online.get("p99", nan),
         "topic_online_only": res["topic_online_only"],
     }
     targets = {

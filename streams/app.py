@@ -983,6 +983,13 @@ def _register_views(app: faust.App, runtime: Runtime) -> None:
     async def metrics_view(web: Any, request: Any) -> Any:
         return web.bytes(runtime.metrics.render(), content_type="text/plain; version=0.0.4")
 
+    live = b'{"status":"ok"}'
+
+    @app.page("/livez")
+    async def livez(web: Any, request: Any) -> Any:
+        """Liveness: the process answers, so its event loop runs. Constant, for probes polled often."""
+        return web.bytes(live, content_type="application/json")
+
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
         return web.json(

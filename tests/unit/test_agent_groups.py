@@ -130,8 +130,9 @@ async def test_pages_of_groups_not_run_answer_404_and_name_the_group(tmp_path: P
             assert resp.status == 404, path
             assert doc["error"] == "not_served" and doc["group"] == group, path
             assert "SHOPSTREAM_AGENTS=recs" in doc["detail"]
-        resp = await client.get("/healthz")
-        assert resp.status == 200 and (await resp.json())["status"] == "ok"
+        for path in ("/healthz", "/livez"):
+            resp = await client.get(path)
+            assert resp.status == 200 and (await resp.json())["status"] == "ok", path
         resp = await client.get("/models")
         assert resp.status == 200 and (await resp.json())["ctr"] is None  # no bidding, no CTR model
 
