@@ -681,6 +681,97 @@ class MicroBatcher:
                 await self.submit()
 
 
+class RequestCoalescer:
+    """Concurrent request/response lists share Redis round trips and model calls.
+
+    Up to ``max_in_flight`` batches compute at once. A request that arrives
+    while that many are computing waits for one of them to finish, then goes
+    with every request that queued meanwhile (at most ``max_batch`` a batch).
+    So a lightly loaded worker computes each request at once, as it arrives
+    (two of them overlap their round trips), and batches form only under
+    load, where they cut the CPU each list costs: the round trip, the
+    onnxruntime call and the task switches are paid once per batch. A request
+    whose caller went away (a cancelled HTTP handler) is left out of its
+    batch. A batch that raises is computed again one request at a time, so
+    only a request that fails alone gets the error. With ``max_batch`` 1
+    every request is computed alone, directly.
+
+    >>> class Echo:  # a stand-in for Recommender.recommend_many
+    ...     sizes = []
+    ...     async def recommend_many(self, reqs):
+    ...         self.sizes.append(len(reqs))
+    ...         await asyncio.sleep(0.01)
+    ...         return [r.user_id for r in reqs]
+    >>> async def demo():
+    ...     rc = RequestCoalescer(Echo(), max_in_flight=2)
+    ...     alone = await rc.recommend(RecRequest("u0", []))
+    ...     busy = []
+    ...     for user in ("u1", "u2"):
+    ...         busy.append(asyncio.ensure_future(rc.recommend(RecRequest(user, []))))
+    ...         await asyncio.sleep(0.001)
+    ...     # u1 and u2 are computing, one batch each
+    ...     rest = await asyncio.gather(*(rc.recommend(RecRequest(f"u{n}", [])) for n in range(3, 7)))
+    ...     return alone, await asyncio.gather(*busy), rest, Echo.sizes
+    >>> asyncio.run(demo())  # u3..u6 arrive while both slots compute, and share the next batch
+    ('u0', ['u1', 'u2'], ['u3', 'u4', 'u5', 'u6'], [1, 1, 1, 4])
+    """
+
+    def __init__(self, recommender: Any, max_batch: int = 16, max_in_flight: int = 2) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch={max_batch}: expected at least 1")
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight={max_in_flight}: expected at least 1")
+        self.recommender = recommender
+        self.max_batch = max_batch
+        self.max_in_flight = max_in_flight
+        self.pending: list[tuple[RecRequest, asyncio.Future[Recommendation]]] = []
+        self._drains: set[asyncio.Task[None]] = set()
+        self.batches = 0
+        self.requests = 0
+
+    async def recommend(self, req: RecRequest) -> Recommendation:
+        if self.max_batch == 1:
+            (rec,) = await self.recommender.recommend_many([req])
+            return rec  # type: ignore[no-any-return]
+        fut: asyncio.Future[Recommendation] = asyncio.get_running_loop().create_future()
+        self.pending.append((req, fut))
+        if len(self._drains) < self.max_in_flight:
+            task = asyncio.ensure_future(self._drain())
+            self._drains.add(task)
+            task.add_done_callback(self._drains.discard)
+        return await fut
+
+    async def _drain(self) -> None:
+        while self.pending:
+            batch = self.pending[: self.max_batch]
+            del self.pending[: self.max_batch]
+            live = [(req, fut) for req, fut in batch if not fut.done()]
+            if not live:
+                continue
+            try:
+                recs = await self.recommender.recommend_many([req for req, _ in live])
+            except Exception:  # recommend_many falls back itself on Redis errors: this is one bad request
+                await self._one_by_one(live)
+                continue
+            self.batches += 1
+            self.requests += len(live)
+            for rec, (_, fut) in zip(recs, live, strict=True):
+                if not fut.done():
+                    fut.set_result(rec)
+
+    async def _one_by_one(self, live: list[tuple[RecRequest, asyncio.Future[Recommendation]]]) -> None:
+        """After a failed batch, each request alone: only the one that fails again gets the error."""
+        for req, fut in live:
+            try:
+                (rec,) = await self.recommender.recommend_many([req])
+            except Exception as exc:
+                if not fut.done():
+                    fut.set_exception(exc)
+            else:
+                if not fut.done():
+                    fut.set_result(rec)
+
+
 class ModelWatcher:
     """Polls the registry's production alias and hot-swaps :attr:`Recommender.model`.
 

@@ -137,6 +137,9 @@ class Settings:
     recs_batch_max: int = 16
     #: ... or after the oldest has waited this long, seconds.
     recs_batch_wait_s: float = 0.002
+    #: Request/response: lists asked for while a batch is computing share the next one, at most
+    #: this many (serving.recs.RequestCoalescer); 1 computes every request alone.
+    recs_http_batch_max: int = 16
     #: Run the consumer-lag monitor (and the dashboard's time series) in this worker.
     lag_monitor: bool = True
     #: Consumer groups to watch besides the app's own (comma-separated).

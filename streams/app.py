@@ -62,7 +62,14 @@ from serving.clickstream import ClickstreamProcessor
 from serving.ctr import DeepCTRModel, RegistryWatcher
 from serving.features import CachedReader, FeatureWriter, RedisFeatureStore
 from serving.inventory import InventoryProcessor, UnknownSku
-from serving.recs import MicroBatcher, ModelWatcher, Recommender, RecRequest, parse_boosts
+from serving.recs import (
+    MicroBatcher,
+    ModelWatcher,
+    Recommender,
+    RecRequest,
+    RequestCoalescer,
+    parse_boosts,
+)
 from serving.registry import ModelRegistry, RegistryError
 from shopstream.services import MESSAGE_MAX_BYTES
 from shopstream.settings import ORDERS_READERS, Settings
@@ -725,6 +732,7 @@ def _recs_agents(
     recs_name = topics.recommendations
     recent_items = app.Table("recent-items", default=list, partitions=settings.partitions)
     runtime.extra["recent_items"] = recent_items
+    runtime.extra["http_recs"] = RequestCoalescer(recommender, max_batch=settings.recs_http_batch_max)
     click_codec: Codec[ClickEvent] = Codec(ClickEvent, settings.max_event_bytes)
 
     bought_items = app.Table("bought-items", default=list, partitions=settings.partitions)
@@ -1033,6 +1041,7 @@ def _unserved(app: faust.App, runtime: Runtime, path: str, group: str) -> None:
 
 def _recs_views(app: faust.App, runtime: Runtime) -> None:
     recent_items = runtime.extra["recent_items"]
+    coalescer: RequestCoalescer = runtime.extra["http_recs"]
 
     @app.page("/recommendations/{user_id}")
     @app.table_route(table=recent_items, match_info="user_id")
@@ -1048,7 +1057,7 @@ def _recs_views(app: faust.App, runtime: Runtime) -> None:
         if not user_id or len(user_id) > 256:
             return _bad_parameter(web, "user_id", "user_id must be 1..256 characters")
         recent = list(recent_items[user_id])
-        rec = await runtime.recommender.recommend(user_id, recent, k=k)
+        rec = await coalescer.recommend(RecRequest(user_id, recent, k))
         runtime.metrics.recs_served.labels(path="http", source=rec.model).inc()
         return web.bytes(encode(rec), content_type="application/json")
 
