@@ -28,10 +28,10 @@ A request for user ``u`` with recent items ``R`` (oldest first) goes through:
 
 If Redis is down or slow (``timeout_s``), the answer comes from the online
 model alone and is marked with the online model's name. After ``trip_after``
-such failures in a row (:class:`Breaker`), Redis is left alone for
-``retry_after_s``: a Redis that is down costs no timeouts meanwhile, while one
-late reply (a busy moment on the worker's own loop counts against the timeout
-too) costs only its own list. A model is swapped atomically: a request holds
+such failures with no success between them (:class:`Breaker`), Redis is left
+alone for ``retry_after_s``: a Redis that is down costs no timeouts meanwhile,
+while one late reply (a busy moment on the worker's own loop counts against
+the timeout too) costs only the lists of its own batch. A model is swapped atomically: a request holds
 the :class:`LoadedModel` it started with.
 
 Redis layout (``P`` = key prefix, ``T`` = model tag ``name:vN``)::
@@ -88,14 +88,18 @@ return out
 
 
 class Breaker:
-    """Opens after ``trip_after`` failures in a row, for ``open_s``; a success closes it.
+    """Opens after ``trip_after`` failures with no success between them, for ``open_s``.
 
-    After the open spell, one more failure opens it again at once.
+    A success resets the count. Failures of reads that were already in flight
+    when it opened neither extend the open spell nor open it again; after the
+    spell, one more failure opens it again at once.
 
     >>> now = [0.0]
     >>> b = Breaker(trip_after=3, open_s=1.0, clock=lambda: now[0])
     >>> [b.failed() for _ in range(3)], b.open
     ([False, False, True], True)
+    >>> now[0] = 0.5; b.failed()   # a read from before it opened: no new spell
+    False
     >>> now[0] = 1.5; b.open
     False
     >>> b.failed(), b.open          # still failing: open again at once
@@ -120,7 +124,7 @@ class Breaker:
     def failed(self) -> bool:
         """Count a failure; True when this one opened the breaker."""
         self.failures += 1
-        if self.failures >= self.trip_after:
+        if self.failures >= self.trip_after and not self.open:
             self._open_until = self.clock() + self.open_s
             return True
         return False
@@ -508,6 +512,15 @@ class Recommender:
         items = [RecItem(item_id=i, score=round(s, 6), reason=r) for s, i, r, _ in top]
         return recommendation(req.user_id, items, model.tag, req.event_id, req.source_ts)
 
+    async def recommend_many_or_online(self, requests: Sequence[RecRequest]) -> list[Recommendation]:
+        """:meth:`recommend_many`, or the online model's lists if it raises (a bug, not Redis: that
+        falls back inside); raises only if the online model fails too. Batches never strand a request."""
+        try:
+            return await self.recommend_many(requests)
+        except Exception as exc:
+            log.error("batch of %d lists failed (%r); serving them from the online model", len(requests), exc)
+            return [self._online_only(r) for r in requests]
+
     def _online_only(self, req: RecRequest) -> Recommendation:
         return online_recommendation(
             self.online, req.user_id, req.recent, req.k or self.k, req.event_id, req.source_ts
@@ -621,13 +634,6 @@ class MicroBatcher:
             self._tail = None  # raised once: the batches started from now on deliver again
             raise failed
 
-    async def _compute(self, reqs: list[RecRequest]) -> list[Recommendation]:
-        try:
-            return await self.recommender.recommend_many(reqs)
-        except Exception as exc:  # never strand a batch: its events stay unacked until delivered
-            log.error("batch of %d lists failed (%r); serving them from the online model", len(reqs), exc)
-            return [self.recommender._online_only(r) for r in reqs]
-
     async def _compute_and_deliver(
         self, batch: list[tuple[RecRequest, Any]], before: asyncio.Task | None
     ) -> bool:
@@ -639,7 +645,7 @@ class MicroBatcher:
         try:
             computing: list[Recommendation] | BaseException
             try:
-                computing = await self._compute([req for req, _ in batch])
+                computing = await self.recommender.recommend_many_or_online([req for req, _ in batch])
             except Exception as exc:  # the online fallback failed too
                 computing = exc
             if before is not None:
@@ -692,13 +698,13 @@ class RequestCoalescer:
     load, where they cut the CPU each list costs: the round trip, the
     onnxruntime call and the task switches are paid once per batch. A request
     whose caller went away (a cancelled HTTP handler) is left out of its
-    batch. A batch that raises is computed again one request at a time, so
-    only a request that fails alone gets the error. With ``max_batch`` 1
-    every request is computed alone, directly.
+    batch. A batch that raises is answered by the online model, as the topic
+    path's are (:meth:`Recommender.recommend_many_or_online`). With
+    ``max_batch`` 1 every request is computed alone, directly.
 
-    >>> class Echo:  # a stand-in for Recommender.recommend_many
+    >>> class Echo:  # a stand-in for the Recommender
     ...     sizes = []
-    ...     async def recommend_many(self, reqs):
+    ...     async def recommend_many_or_online(self, reqs):
     ...         self.sizes.append(len(reqs))
     ...         await asyncio.sleep(0.01)
     ...         return [r.user_id for r in reqs]
@@ -725,51 +731,61 @@ class RequestCoalescer:
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
         self.pending: list[tuple[RecRequest, asyncio.Future[Recommendation]]] = []
-        self._drains: set[asyncio.Task[None]] = set()
+        # Counted in the drain itself, in the same step as its last look at the queue: a request
+        # queued after that look always starts a drain of its own.
+        self.running = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.requests = 0
 
     async def recommend(self, req: RecRequest) -> Recommendation:
         if self.max_batch == 1:
-            (rec,) = await self.recommender.recommend_many([req])
+            (rec,) = await self.recommender.recommend_many_or_online([req])
             return rec  # type: ignore[no-any-return]
         fut: asyncio.Future[Recommendation] = asyncio.get_running_loop().create_future()
         self.pending.append((req, fut))
-        if len(self._drains) < self.max_in_flight:
+        if self.running < self.max_in_flight:
+            self.running += 1
             task = asyncio.ensure_future(self._drain())
-            self._drains.add(task)
-            task.add_done_callback(self._drains.discard)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return await fut
 
     async def _drain(self) -> None:
-        while self.pending:
-            batch = self.pending[: self.max_batch]
-            del self.pending[: self.max_batch]
-            live = [(req, fut) for req, fut in batch if not fut.done()]
-            if not live:
-                continue
-            try:
-                recs = await self.recommender.recommend_many([req for req, _ in live])
-            except Exception:  # recommend_many falls back itself on Redis errors: this is one bad request
-                await self._one_by_one(live)
-                continue
-            self.batches += 1
-            self.requests += len(live)
-            for rec, (_, fut) in zip(recs, live, strict=True):
-                if not fut.done():
-                    fut.set_result(rec)
+        try:
+            while self.pending:
+                batch = self.pending[: self.max_batch]
+                del self.pending[: self.max_batch]
+                live = [(req, fut) for req, fut in batch if not fut.done()]
+                if not live:
+                    continue
+                try:
+                    recs = await self.recommender.recommend_many_or_online([req for req, _ in live])
+                    for rec, (_, fut) in zip(recs, live, strict=True):
+                        if not fut.done():
+                            fut.set_result(rec)
+                except asyncio.CancelledError:  # the worker is stopping
+                    for _, fut in live:
+                        fut.cancel()
+                    raise
+                except Exception as exc:  # the online fallback failed too: these requests get the error
+                    for _, fut in live:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                self.batches += 1
+                self.requests += len(live)
+        finally:
+            self.running -= 1
 
-    async def _one_by_one(self, live: list[tuple[RecRequest, asyncio.Future[Recommendation]]]) -> None:
-        """After a failed batch, each request alone: only the one that fails again gets the error."""
-        for req, fut in live:
-            try:
-                (rec,) = await self.recommender.recommend_many([req])
-            except Exception as exc:
-                if not fut.done():
-                    fut.set_exception(exc)
-            else:
-                if not fut.done():
-                    fut.set_result(rec)
+    async def close(self) -> None:
+        """Stop computing: cancel the batches in flight and every queued request (the worker is stopping)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        pending, self.pending = self.pending, []
+        for _, fut in pending:
+            fut.cancel()
 
 
 class ModelWatcher:

@@ -127,8 +127,8 @@ class Settings:
     recs_max_per_category: int = 3
     #: Redis timeout of the recommendation read, seconds; slower answers fall back to the online model.
     recs_redis_timeout_s: float = 0.05
-    #: After 3 failed recommendation reads in a row, Redis is left alone this long, seconds
-    #: (lists come from the online model meanwhile); one failure costs only its own list.
+    #: After 3 failed recommendation reads with no success between them, Redis is left alone this
+    #: long, seconds (lists come from the online model meanwhile); one failure costs only its batch.
     recs_redis_retry_after_s: float = 1.0
     #: Topic path: lists are computed in micro-batches of at most this many events
     #: (benchmarks/recs_latency.py at 1,000 events/s: 32 gave p50 19 ms, 16 gave 16-21 ms, 8 16 ms;

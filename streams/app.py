@@ -195,9 +195,17 @@ class ModelWatcherService(Service):
     """Checks the registry every ``interval`` seconds and hot-swaps the served model;
     runs the recommendation micro-batches computed with it."""
 
-    def __init__(self, runtime: Runtime, batcher: MicroBatcher, interval: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        batcher: MicroBatcher,
+        coalescer: RequestCoalescer,
+        interval: float,
+        **kwargs: Any,
+    ) -> None:
         self.runtime = runtime
         self.batcher = batcher
+        self.coalescer = coalescer
         self.interval = interval
         super().__init__(**kwargs)
 
@@ -218,6 +226,7 @@ class ModelWatcherService(Service):
         try:
             await self.batcher.flush()
         finally:
+            await self.coalescer.close()
             await self.runtime.recommender.close()
 
 
@@ -727,12 +736,15 @@ def _recs_agents(
         max_batch=settings.recs_batch_max,
         max_wait_s=settings.recs_batch_wait_s,
     )
-    app.service(ModelWatcherService(runtime, batcher, settings.model_poll_s))  # type: ignore[arg-type]
+    coalescer = runtime.extra["http_recs"] = RequestCoalescer(
+        recommender, max_batch=settings.recs_http_batch_max
+    )
+    watcher = ModelWatcherService(runtime, batcher, coalescer, settings.model_poll_s)
+    app.service(watcher)  # type: ignore[arg-type]
     clicks_topic = app.topic(topics.clicks, partitions=settings.partitions, value_serializer="raw")
     recs_name = topics.recommendations
     recent_items = app.Table("recent-items", default=list, partitions=settings.partitions)
     runtime.extra["recent_items"] = recent_items
-    runtime.extra["http_recs"] = RequestCoalescer(recommender, max_batch=settings.recs_http_batch_max)
     click_codec: Codec[ClickEvent] = Codec(ClickEvent, settings.max_event_bytes)
 
     bought_items = app.Table("bought-items", default=list, partitions=settings.partitions)

@@ -304,6 +304,11 @@ class _GatedRecommender:
     def _online_only(self, req):  # type: ignore[no-untyped-def]
         raise RuntimeError("no online fallback either")
 
+    async def recommend_many_or_online(self, reqs):  # type: ignore[no-untyped-def]
+        from serving.recs import Recommender
+
+        return await Recommender.recommend_many_or_online(self, reqs)  # type: ignore[arg-type]
+
 
 def test_micro_batcher_overlaps_round_trips_and_delivers_in_order():
     import asyncio

@@ -1,4 +1,4 @@
-"""RequestCoalescer: concurrent HTTP lists share batches, without losing or mixing up any."""
+"""RequestCoalescer: concurrent HTTP lists share batches, without losing, mixing up or stranding any."""
 
 from __future__ import annotations
 
@@ -6,115 +6,217 @@ import asyncio
 
 import pytest
 
-from serving.recs import RecRequest, RequestCoalescer
+from serving.clickstream import recommendation
+from serving.recs import Recommender, RecRequest, RequestCoalescer
 
 
-class Slow:
-    """recommend_many that takes ``delay_s`` and records each batch's users."""
+class Gated:
+    """A Recommender whose batches each wait for a gate the test opens (their Redis round trip).
 
-    def __init__(self, delay_s: float = 0.01, fail_on: str | None = None) -> None:
-        self.delay_s = delay_s
-        self.fail_on = fail_on
+    ``recommend_many_or_online`` is the real one: a batch that raises is answered by ``_online_only``.
+    """
+
+    recommend_many_or_online = Recommender.recommend_many_or_online
+
+    def __init__(self, open_gates: bool = False) -> None:
+        self.open_gates = open_gates
+        self.gates: list[asyncio.Event] = []
         self.batches: list[list[str]] = []
+        self.computing = 0
+        self.most_at_once = 0
+        self.failing: set[str] = set()  # a batch holding one of these raises
+        self.online_fails = False
 
     async def recommend_many(self, reqs):
         users = [r.user_id for r in reqs]
         self.batches.append(users)
-        await asyncio.sleep(self.delay_s)
-        if self.fail_on in users:
+        gate = asyncio.Event()
+        if self.open_gates:
+            gate.set()
+        self.gates.append(gate)
+        self.computing += 1
+        self.most_at_once = max(self.most_at_once, self.computing)
+        try:
+            await gate.wait()
+        finally:
+            self.computing -= 1
+        if self.failing & set(users):
             raise RuntimeError(f"bad batch {users}")
-        return [f"list-for-{u}" for u in users]
+        return [recommendation(u, [], "trained", "") for u in users]
+
+    def _online_only(self, req):
+        if self.online_fails:
+            raise RuntimeError("no online fallback either")
+        return recommendation(req.user_id, [], "online", "")
+
+    async def until_batches(self, n: int) -> None:
+        while len(self.gates) < n:
+            await asyncio.sleep(0)
 
 
-def test_every_request_gets_its_own_list_and_batches_hold_at_most_max_batch():
+def ask(rc: RequestCoalescer, user: str) -> asyncio.Future:
+    return asyncio.ensure_future(rc.recommend(RecRequest(user, [])))
+
+
+def test_requests_queued_while_slots_are_busy_share_batches_of_at_most_max_batch():
     async def main():
-        inner = Slow()
+        inner = Gated()
         rc = RequestCoalescer(inner, max_batch=4, max_in_flight=1)
-        first = asyncio.ensure_future(rc.recommend(RecRequest("a", [])))
-        await asyncio.sleep(0.001)
-        users = [f"u{n}" for n in range(10)]
-        got = await asyncio.gather(*(rc.recommend(RecRequest(u, [])) for u in users))
-        return inner, rc, await first, got, users
+        first = ask(rc, "a")
+        await inner.until_batches(1)
+        rest = [ask(rc, f"u{n}") for n in range(10)]
+        await asyncio.sleep(0)
+        for n in range(1, 4):
+            inner.gates[n - 1].set()
+            await inner.until_batches(n + 1)
+        inner.gates[3].set()
+        got = [r.user_id for r in await asyncio.gather(first, *rest)]
+        return inner, rc, got
 
-    inner, rc, first, got, users = asyncio.run(main())
-    assert first == "list-for-a"
-    assert got == [f"list-for-{u}" for u in users]
+    inner, rc, got = asyncio.run(main())
+    assert got == ["a"] + [f"u{n}" for n in range(10)]
     assert [len(b) for b in inner.batches] == [1, 4, 4, 2]
     assert rc.batches == 4 and rc.requests == 11
-    assert not rc._drains and not rc.pending  # idle again
+    assert rc.running == 0 and not rc.pending  # idle again
 
 
 def test_up_to_max_in_flight_batches_compute_at_once():
     async def main():
-        inner = Slow(delay_s=0.05)
+        inner = Gated()
         rc = RequestCoalescer(inner, max_in_flight=2)
-        tasks = []
-        for user in ("a", "b", "c", "d"):
-            tasks.append(asyncio.ensure_future(rc.recommend(RecRequest(user, []))))
-            await asyncio.sleep(0.001)
-        t0 = asyncio.get_running_loop().time()
-        got = await asyncio.gather(*tasks)
-        return inner, got, asyncio.get_running_loop().time() - t0
+        a = ask(rc, "a")
+        await inner.until_batches(1)
+        b = ask(rc, "b")
+        await inner.until_batches(2)
+        later = [ask(rc, u) for u in ("c", "d")]
+        await asyncio.sleep(0)
+        assert inner.batches == [["a"], ["b"]]  # c and d wait: both slots compute
+        inner.gates[0].set()
+        await inner.until_batches(3)
+        inner.gates[1].set()
+        inner.gates[2].set()
+        return inner, [r.user_id for r in await asyncio.gather(a, b, *later)]
 
-    inner, got, waited = asyncio.run(main())
-    assert got == ["list-for-a", "list-for-b", "list-for-c", "list-for-d"]
-    # a and b overlap; c and d arrive while both compute and share the next batch
-    assert inner.batches == [["a"], ["b"], ["c", "d"]]
-    assert waited < 0.14  # two rounds of 50 ms, not three
+    inner, got = asyncio.run(main())
+    assert got == ["a", "b", "c", "d"]
+    assert inner.batches == [["a"], ["b"], ["c", "d"]] and inner.most_at_once == 2
 
 
-def test_max_batch_1_computes_each_request_alone_in_its_callers_task():
+def test_a_request_right_after_the_last_batch_ended_is_still_served():
+    # The drain that answered "a" ends in the same loop step as its last look at the queue,
+    # so "b", asked as soon as "a" is answered, starts a drain of its own instead of waiting forever.
     async def main():
-        inner = Slow()
-        rc = RequestCoalescer(inner, max_batch=1)
-        got = await asyncio.gather(*(rc.recommend(RecRequest(u, [])) for u in ("a", "b", "c")))
-        return inner, rc, got
+        rc = RequestCoalescer(Gated(open_gates=True), max_in_flight=1)
+        out = []
+        for user in ("a", "b", "c"):
+            out.append((await asyncio.wait_for(rc.recommend(RecRequest(user, [])), 2.0)).user_id)
+        return out
 
-    inner, rc, got = asyncio.run(main())
-    assert got == ["list-for-a", "list-for-b", "list-for-c"]
-    assert sorted(inner.batches) == [["a"], ["b"], ["c"]]
-    assert rc.batches == 0 and not rc._drains  # no queue, no drain task
+    assert asyncio.run(main()) == ["a", "b", "c"]
 
 
-def test_a_failed_batch_is_retried_one_by_one_so_only_the_bad_request_fails():
+def test_a_failing_batch_is_answered_by_the_online_model_and_the_next_ones_by_the_trained_one():
     async def main():
-        inner = Slow(fail_on="bad")
+        inner = Gated()
+        inner.failing = {"bad"}
         rc = RequestCoalescer(inner, max_in_flight=1)
-        blocker = asyncio.ensure_future(rc.recommend(RecRequest("x", [])))
-        await asyncio.sleep(0.001)
-        mixed = await asyncio.gather(
-            rc.recommend(RecRequest("ok", [])), rc.recommend(RecRequest("bad", [])), return_exceptions=True
-        )
-        after = await rc.recommend(RecRequest("later", []))
-        return inner, await blocker, mixed, after
+        blocker = ask(rc, "x")
+        await inner.until_batches(1)
+        mixed = [ask(rc, "ok"), ask(rc, "bad")]
+        await asyncio.sleep(0)
+        inner.gates[0].set()
+        await inner.until_batches(2)
+        inner.gates[1].set()
+        inner.open_gates = True
+        after = await asyncio.gather(blocker, *mixed)
+        later = await rc.recommend(RecRequest("later", []))
+        return [(r.user_id, r.model) for r in [*after, later]]
 
-    inner, blocker, mixed, after = asyncio.run(main())
-    assert blocker == "list-for-x"
-    assert mixed[0] == "list-for-ok"
-    assert isinstance(mixed[1], RuntimeError) and "bad" in str(mixed[1])
-    assert inner.batches == [["x"], ["ok", "bad"], ["ok"], ["bad"], ["later"]]
-    assert after == "list-for-later"
+    assert asyncio.run(main()) == [
+        ("x", "trained"),
+        ("ok", "online"),
+        ("bad", "online"),
+        ("later", "trained"),
+    ]
+
+
+def test_when_the_online_model_fails_too_only_that_batch_gets_the_error():
+    async def main():
+        inner = Gated()
+        inner.failing, inner.online_fails = {"bad"}, True
+        rc = RequestCoalescer(inner, max_in_flight=1)
+        blocker = ask(rc, "x")
+        await inner.until_batches(1)
+        doomed = [ask(rc, "ok"), ask(rc, "bad")]
+        await asyncio.sleep(0)
+        inner.gates[0].set()
+        await inner.until_batches(2)
+        inner.gates[1].set()
+        inner.open_gates = True
+        results = await asyncio.gather(blocker, *doomed, return_exceptions=True)
+        later = await rc.recommend(RecRequest("later", []))
+        return rc, results, later
+
+    rc, (x, ok, bad), later = asyncio.run(main())
+    assert x.user_id == "x" and later.user_id == "later"
+    assert isinstance(ok, RuntimeError) and isinstance(bad, RuntimeError)
+    assert rc.running == 0
 
 
 def test_a_request_whose_caller_went_away_is_left_out_of_its_batch():
     async def main():
-        inner = Slow()
+        inner = Gated()
         rc = RequestCoalescer(inner, max_in_flight=1)
-        busy = asyncio.ensure_future(rc.recommend(RecRequest("busy", [])))
-        await asyncio.sleep(0.001)
-        gone = asyncio.ensure_future(rc.recommend(RecRequest("gone", [])))
-        kept = asyncio.ensure_future(rc.recommend(RecRequest("kept", [])))
+        busy = ask(rc, "busy")
+        await inner.until_batches(1)
+        gone, kept = ask(rc, "gone"), ask(rc, "kept")
         await asyncio.sleep(0)
         gone.cancel()
-        return inner, await busy, await kept, gone
+        inner.gates[0].set()
+        await inner.until_batches(2)
+        inner.gates[1].set()
+        return inner, (await busy).user_id, (await kept).user_id, gone
 
     inner, busy, kept, gone = asyncio.run(main())
-    assert busy == "list-for-busy" and kept == "list-for-kept" and gone.cancelled()
+    assert busy == "busy" and kept == "kept" and gone.cancelled()
     assert inner.batches == [["busy"], ["kept"]]
+
+
+def test_close_cancels_the_batch_in_flight_and_the_queued_requests():
+    async def main():
+        inner = Gated()
+        rc = RequestCoalescer(inner, max_in_flight=1)
+        computing = ask(rc, "a")
+        await inner.until_batches(1)
+        queued = ask(rc, "b")
+        await asyncio.sleep(0)
+        await rc.close()
+        await asyncio.sleep(0)
+        return rc, computing, queued
+
+    rc, computing, queued = asyncio.run(main())
+    assert computing.cancelled() and queued.cancelled()
+    assert rc.running == 0 and not rc.pending
+
+
+def test_max_batch_1_computes_each_request_alone_in_its_callers_task():
+    async def main():
+        inner = Gated()
+        rc = RequestCoalescer(inner, max_batch=1)
+        asks = [ask(rc, u) for u in ("a", "b", "c")]
+        await inner.until_batches(3)  # all three at once: none waits for another
+        for gate in inner.gates:
+            gate.set()
+        return inner, rc, [r.user_id for r in await asyncio.gather(*asks)]
+
+    inner, rc, got = asyncio.run(main())
+    assert got == ["a", "b", "c"]
+    assert inner.batches == [["a"], ["b"], ["c"]] and inner.most_at_once == 3
+    assert rc.batches == 0 and rc.running == 0  # no queue, no drain task
 
 
 def test_max_batch_and_max_in_flight_must_be_positive():
     with pytest.raises(ValueError, match="max_batch"):
-        RequestCoalescer(Slow(), max_batch=0)
+        RequestCoalescer(Gated(), max_batch=0)
     with pytest.raises(ValueError, match="max_in_flight"):
-        RequestCoalescer(Slow(), max_in_flight=0)
+        RequestCoalescer(Gated(), max_in_flight=0)
