@@ -115,49 +115,38 @@ def test_a_request_right_after_the_last_batch_ended_is_still_served():
     assert asyncio.run(main()) == ["a", "b", "c"]
 
 
-def test_a_failing_batch_is_answered_by_the_online_model_and_the_next_ones_by_the_trained_one():
-    async def main():
-        inner = Gated()
-        inner.failing = {"bad"}
-        rc = RequestCoalescer(inner, max_in_flight=1)
-        blocker = ask(rc, "x")
-        await inner.until_batches(1)
-        mixed = [ask(rc, "ok"), ask(rc, "bad")]
-        await asyncio.sleep(0)
-        inner.gates[0].set()
-        await inner.until_batches(2)
-        inner.gates[1].set()
-        inner.open_gates = True
-        after = await asyncio.gather(blocker, *mixed)
-        later = await rc.recommend(RecRequest("later", []))
-        return [(r.user_id, r.model) for r in [*after, later]]
+async def x_then_ok_and_bad(inner: Gated) -> tuple[RequestCoalescer, list]:
+    """ "x" computes alone; "ok" and "bad" queue behind it and share the next batch; then "later"."""
+    rc = RequestCoalescer(inner, max_in_flight=1)
+    blocker = ask(rc, "x")
+    await inner.until_batches(1)
+    pair = [ask(rc, "ok"), ask(rc, "bad")]
+    await asyncio.sleep(0)
+    inner.gates[0].set()
+    await inner.until_batches(2)
+    inner.gates[1].set()
+    inner.open_gates = True
+    results = await asyncio.gather(blocker, *pair, return_exceptions=True)
+    return rc, [*results, await rc.recommend(RecRequest("later", []))]
 
-    assert asyncio.run(main()) == [
+
+def test_a_failing_batch_is_answered_by_the_online_model_and_the_next_ones_by_the_trained_one():
+    inner = Gated()
+    inner.failing = {"bad"}
+    _, results = asyncio.run(x_then_ok_and_bad(inner))
+    assert [(r.user_id, r.model) for r in results] == [
         ("x", "trained"),
         ("ok", "online"),
         ("bad", "online"),
         ("later", "trained"),
     ]
+    assert inner.batches == [["x"], ["ok", "bad"], ["later"]]
 
 
 def test_when_the_online_model_fails_too_only_that_batch_gets_the_error():
-    async def main():
-        inner = Gated()
-        inner.failing, inner.online_fails = {"bad"}, True
-        rc = RequestCoalescer(inner, max_in_flight=1)
-        blocker = ask(rc, "x")
-        await inner.until_batches(1)
-        doomed = [ask(rc, "ok"), ask(rc, "bad")]
-        await asyncio.sleep(0)
-        inner.gates[0].set()
-        await inner.until_batches(2)
-        inner.gates[1].set()
-        inner.open_gates = True
-        results = await asyncio.gather(blocker, *doomed, return_exceptions=True)
-        later = await rc.recommend(RecRequest("later", []))
-        return rc, results, later
-
-    rc, (x, ok, bad), later = asyncio.run(main())
+    inner = Gated()
+    inner.failing, inner.online_fails = {"bad"}, True
+    rc, (x, ok, bad, later) = asyncio.run(x_then_ok_and_bad(inner))
     assert x.user_id == "x" and later.user_id == "later"
     assert isinstance(ok, RuntimeError) and isinstance(bad, RuntimeError)
     assert rc.running == 0
