@@ -84,6 +84,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.recs_batch_size = Histogram(
+            "shopstream_recs_batch_size",
+            "Lists computed together (one Redis round trip, one model call), by path: topic"
+            " micro-batches and coalesced HTTP requests.",
+            ["path"],
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
         self.model_version = Gauge(
             "shopstream_model_version", "Registry version of the model being served.", ["model"], registry=r
         )

@@ -512,9 +512,16 @@ class Recommender:
         items = [RecItem(item_id=i, score=round(s, 6), reason=r) for s, i, r, _ in top]
         return recommendation(req.user_id, items, model.tag, req.event_id, req.source_ts)
 
-    async def recommend_many_or_online(self, requests: Sequence[RecRequest]) -> list[Recommendation]:
+    async def recommend_many_or_online(
+        self, requests: Sequence[RecRequest], path: str = "topic"
+    ) -> list[Recommendation]:
         """:meth:`recommend_many`, or the online model's lists if it raises (a bug, not Redis: that
-        falls back inside); raises only if the online model fails too. Batches never strand a request."""
+        falls back inside); raises only if the online model fails too. Batches never strand a request.
+
+        ``path`` labels the batch's size in ``shopstream_recs_batch_size``.
+        """
+        if self.metrics is not None:
+            self.metrics.recs_batch_size.labels(path=path).observe(len(requests))
         try:
             return await self.recommend_many(requests)
         except Exception as exc:
@@ -704,7 +711,7 @@ class RequestCoalescer:
 
     >>> class Echo:  # a stand-in for the Recommender
     ...     sizes = []
-    ...     async def recommend_many_or_online(self, reqs):
+    ...     async def recommend_many_or_online(self, reqs, path):
     ...         self.sizes.append(len(reqs))
     ...         await asyncio.sleep(0.01)
     ...         return [r.user_id for r in reqs]
@@ -740,7 +747,7 @@ class RequestCoalescer:
 
     async def recommend(self, req: RecRequest) -> Recommendation:
         if self.max_batch == 1:
-            (rec,) = await self.recommender.recommend_many_or_online([req])
+            (rec,) = await self.recommender.recommend_many_or_online([req], "http")
             return rec  # type: ignore[no-any-return]
         fut: asyncio.Future[Recommendation] = asyncio.get_running_loop().create_future()
         self.pending.append((req, fut))
@@ -760,7 +767,7 @@ class RequestCoalescer:
                 if not live:
                     continue
                 try:
-                    recs = await self.recommender.recommend_many_or_online([req for req, _ in live])
+                    recs = await self.recommender.recommend_many_or_online([req for req, _ in live], "http")
                     for rec, (_, fut) in zip(recs, live, strict=True):
                         if not fut.done():
                             fut.set_result(rec)

@@ -304,6 +304,8 @@ class _GatedRecommender:
     def _online_only(self, req):  # type: ignore[no-untyped-def]
         raise RuntimeError("no online fallback either")
 
+    metrics = None
+
     async def recommend_many_or_online(self, reqs):  # type: ignore[no-untyped-def]
         from serving.recs import Recommender
 

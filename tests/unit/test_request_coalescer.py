@@ -6,8 +6,10 @@ import asyncio
 
 import pytest
 
+from ops.metrics import Metrics
 from serving.clickstream import recommendation
 from serving.recs import Recommender, RecRequest, RequestCoalescer
+from shopstream.procs import metric_value
 
 
 class Gated:
@@ -19,6 +21,7 @@ class Gated:
     recommend_many_or_online = Recommender.recommend_many_or_online
 
     def __init__(self, open_gates: bool = False) -> None:
+        self.metrics = Metrics()
         self.open_gates = open_gates
         self.gates: list[asyncio.Event] = []
         self.batches: list[list[str]] = []
@@ -77,6 +80,10 @@ def test_requests_queued_while_slots_are_busy_share_batches_of_at_most_max_batch
     assert got == ["a"] + [f"u{n}" for n in range(10)]
     assert [len(b) for b in inner.batches] == [1, 4, 4, 2]
     assert rc.batches == 4 and rc.requests == 11
+    text = inner.metrics.render().decode()
+    http = {"path": "http"}
+    assert metric_value(text, "shopstream_recs_batch_size_count", http) == 4
+    assert metric_value(text, "shopstream_recs_batch_size_sum", http) == 11
     assert rc.running == 0 and not rc.pending  # idle again
 
 
