@@ -193,6 +193,8 @@ def loop_lag(before: str, after: str) -> dict[str, Any]:
 
     A tick late by more than 5 ms held back every request and message due in it; ticks late by
     over 50 ms also trip the recommender's Redis timeout, which then serves from the online model.
+    The shares are of ticks, not of time: one 200 ms stall is one late tick where ~20 did not
+    run, so a few long stalls read smaller here than the time they held the loop.
     """
     a, b = histogram_buckets(before, LAG_METRIC), histogram_buckets(after, LAG_METRIC)
     ticks = b.get("+Inf", 0.0) - a.get("+Inf", 0.0)
