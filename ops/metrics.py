@@ -86,8 +86,8 @@ class Metrics:
         )
         self.recs_batch_size = Histogram(
             "shopstream_recs_batch_size",
-            "Lists computed together (one Redis round trip, one model call), by path: topic"
-            " micro-batches and coalesced HTTP requests.",
+            "Lists computed together (one Redis round trip and one model call, when the trained"
+            " model serves them), by path: topic micro-batches and coalesced HTTP requests.",
             ["path"],
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=r,

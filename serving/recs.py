@@ -742,11 +742,12 @@ class RequestCoalescer:
         # queued after that look always starts a drain of its own.
         self.running = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
         self.batches = 0
         self.requests = 0
 
     async def recommend(self, req: RecRequest) -> Recommendation:
-        if self.max_batch == 1:
+        if self.max_batch == 1 or self._closed:  # closed: the worker is stopping; no more drains
             (rec,) = await self.recommender.recommend_many_or_online([req], "http")
             return rec  # type: ignore[no-any-return]
         fut: asyncio.Future[Recommendation] = asyncio.get_running_loop().create_future()
@@ -787,9 +788,14 @@ class RequestCoalescer:
 
     async def close(self) -> None:
         """Stop computing: cancel the batches in flight and every queued request (the worker is stopping)."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._closed = True
+        while self._tasks:  # a drain cancelled before it ran skips its finally: count them all out
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._tasks.difference_update(tasks)
+        self.running = 0
         pending, self.pending = self.pending, []
         for _, fut in pending:
             fut.cancel()

@@ -53,8 +53,12 @@ class Gated:
         return recommendation(req.user_id, [], "online", "")
 
     async def until_batches(self, n: int) -> None:
-        while len(self.gates) < n:
+        """Wait until ``n`` batches have started; fail (not hang) if they never do."""
+        for _ in range(10_000):
+            if len(self.gates) >= n:
+                return
             await asyncio.sleep(0)
+        raise AssertionError(f"{len(self.gates)} batches started, expected {n}: {self.batches}")
 
 
 def ask(rc: RequestCoalescer, user: str) -> asyncio.Future:
@@ -193,6 +197,23 @@ def test_close_cancels_the_batch_in_flight_and_the_queued_requests():
     rc, computing, queued = asyncio.run(main())
     assert computing.cancelled() and queued.cancelled()
     assert rc.running == 0 and not rc.pending
+
+
+def test_after_close_a_drain_cancelled_before_it_ran_leaves_no_slot_taken_and_requests_still_answer():
+    async def main():
+        inner = Gated(open_gates=True)
+        rc = RequestCoalescer(inner, max_in_flight=1)
+        never_ran = ask(rc, "a")  # its drain task is created, not yet started
+        await asyncio.sleep(0)
+        await rc.close()
+        late = await asyncio.wait_for(rc.recommend(RecRequest("late", [])), 2.0)
+        await asyncio.sleep(0)
+        return rc, never_ran, late
+
+    rc, never_ran, late = asyncio.run(main())
+    assert never_ran.cancelled()  # queued when the worker stopped
+    assert rc.running == 0 and not rc._tasks
+    assert late.user_id == "late"  # computed directly once closed
 
 
 def test_max_batch_1_computes_each_request_alone_in_its_callers_task():
