@@ -31,8 +31,8 @@ model alone and is marked with the online model's name. After ``trip_after``
 such failures with no success between them (:class:`Breaker`), Redis is left
 alone for ``retry_after_s``: a Redis that is down costs no timeouts meanwhile,
 while one late reply (a busy moment on the worker's own loop counts against
-the timeout too) costs only the lists of its own batch. A model is swapped atomically: a request holds
-the :class:`LoadedModel` it started with.
+the timeout too) costs only the lists of its own batch. A model is swapped
+atomically: a request holds the :class:`LoadedModel` it started with.
 
 Redis layout (``P`` = key prefix, ``T`` = model tag ``name:vN``)::
 
